@@ -1,0 +1,564 @@
+/* socktrace.bpf.c - every TCP state transition, with its owner and the time
+ * spent in the state it leaves, plus the TIME_WAIT the kernel never reports.
+ *
+ * Compiled by bcc at start-up (tracer/bpf_backend.py passes the -D settings
+ * below).  Tracepoints only: kprobes and fentry are not available on the
+ * machines this must run on, and header struct layouts may be of another
+ * kernel, so struct fields are read only at offsets found in BTF at run time.
+ *
+ * Settings (-D):
+ *   ST_MAX_SOCKS        entries of the per-socket and timewait maps
+ *   ST_RINGBUF_PAGES    ring buffer size in pages (power of two)
+ *   ST_USE_PERFBUF      kernel < 5.8: perf buffer instead of the ring buffer
+ *   ST_TCP_SET_STATE    kernel 4.15: hook tcp:tcp_set_state instead
+ *   ST_TW_HANDLER       address of tw_timer_handler; 0 disables TIME_WAIT
+ *   ST_OFF_TW_TIMER, ST_OFF_TW_SUBSTATE, ST_OFF_TIMER_EXPIRES
+ *                       BTF offsets; without them every timewait arm is
+ *                       taken as TIME_WAIT (no FIN_WAIT2 hand-off)
+ *   ST_FIN_TIMEOUT      net.ipv4.tcp_fin_timeout in seconds
+ *   ST_FILTER_FAMILY    4 or 6: emit only that family
+ *   ST_FILTER_PORTS     port_filter bitmap is in use
+ *   ST_FILTER_PIDS      pid_filter set is in use
+ */
+#include "socktrace.h"
+
+#define TCP_ESTABLISHED	1
+#define TCP_SYN_SENT	2
+#define TCP_SYN_RECV	3
+#define TCP_FIN_WAIT1	4
+#define TCP_FIN_WAIT2	5
+#define TCP_TIME_WAIT	6
+#define TCP_CLOSE	7
+#define TCP_CLOSE_WAIT	8
+#define TCP_LAST_ACK	9
+#define TCP_LISTEN	10
+#define TCP_CLOSING	11
+
+#define ST_AF_INET	2
+#define ST_AF_INET6	10
+
+/* A timewait arm belongs to the set_state that follows it on the same CPU;
+ * anything older is someone else's. */
+#define ST_ARM_WINDOW_NS	(1000 * 1000ULL)
+/* connect() cancels a reused timewait timer within the same syscall. */
+#define ST_CONNECT_WINDOW_NS	(10 * 1000 * 1000ULL)
+#define ST_TIME_WAIT_LEN_S	60
+
+/* ---- maps ---------------------------------------------------------------- */
+
+#ifdef ST_USE_PERFBUF
+BPF_PERF_OUTPUT(events);
+BPF_PERCPU_ARRAY(scratch, struct st_event, 1);
+#else
+BPF_RINGBUF_OUTPUT(events, ST_RINGBUF_PAGES);
+#endif
+
+/* What we know of each live full socket.  Deleted when it closes. */
+struct st_sock {
+	__u64 ts;			/* when it entered its current state */
+	__u32 pid;
+	__u8  owner_from;
+	__u8  pad[3];
+	char  comm[ST_COMM_LEN];
+};
+BPF_HASH(socks, __u64, struct st_sock, ST_MAX_SOCKS);
+
+/* Listening sockets by local address and port: the owner of what they accept. */
+struct st_lkey {
+	__u8  addr[16];
+	__u16 port;
+	__u16 pad;
+};
+struct st_listener {
+	__u64 sk;
+	__u32 pid;
+	char  comm[ST_COMM_LEN];
+};
+BPF_HASH(listeners, struct st_lkey, struct st_listener, 65536);
+
+/* Timewait sockets we follow, by timer address: the connection as it was
+ * when its full socket closed, and the (sub)state it is in now. */
+struct st_tw {
+	struct st_event ev;		/* template for the records to come */
+	__u64 state_ts;			/* when the current substate began */
+	__u64 deadline;			/* timer expiry, jiffies */
+	__u64 len_j;			/* timeout of the first arm, jiffies */
+	__u8  substate;			/* FIN_WAIT2 or TIME_WAIT, as reported */
+};
+BPF_HASH(tws, __u64, struct st_tw, ST_MAX_SOCKS);
+
+/* FIN_WAIT2 timewait sockets by 4-tuple, so that a local peer's
+ * LAST_ACK->CLOSE (our ACK of its FIN arrived) shows us entering TIME_WAIT. */
+struct st_tuple {
+	__u8  laddr[16];
+	__u8  raddr[16];
+	__u16 lport;
+	__u16 rport;
+};
+BPF_HASH(fw2_tuples, struct st_tuple, __u64, ST_MAX_SOCKS);
+
+/* The last connect() of each thread, to tell a timewait reuse. */
+struct st_connect {
+	__u64 ts;
+	struct st_tuple t;
+};
+BPF_TABLE("lru_hash", __u64, struct st_connect, connecting, 16384);
+
+/* Per CPU: a timewait arm waiting for its set_state, and a timewait timer
+ * cancel waiting to be told apart from a re-arm (cancel + start). */
+struct st_arm {
+	__u64 timer;
+	__u64 expires;
+	__u64 now;
+	__u64 ts;
+};
+BPF_PERCPU_ARRAY(pending_arm, struct st_arm, 1);
+struct st_cancel {
+	__u64 timer;
+	__u64 ts;
+	__u64 expires;			/* timer->expires read at the cancel */
+	__u64 jiffies;
+	__u8  reason;
+	__u8  substate;
+};
+BPF_PERCPU_ARRAY(pending_cancel, struct st_cancel, 1);
+
+BPF_PERCPU_ARRAY(counters, __u64, ST_NR_COUNTERS);
+
+#ifdef ST_FILTER_PORTS
+/* bit 1: either port, bit 2: local port, bit 4: remote port */
+BPF_ARRAY(port_filter, __u8, 65536);
+#endif
+#ifdef ST_FILTER_PIDS
+BPF_HASH(pid_filter, __u32, __u8, 4096);
+#endif
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static __always_inline void count(int idx)
+{
+	__u64 *v = counters.lookup(&idx);
+	if (v)
+		(*v)++;
+}
+
+/* Filters run in the kernel so that what is filtered out costs user space
+ * nothing.  A socket whose owner is not known yet passes the pid filter:
+ * user space may know it from /proc and filters again. */
+static __always_inline int wanted(const struct st_event *e)
+{
+#ifdef ST_FILTER_FAMILY
+	if (e->family != ST_FILTER_FAMILY)
+		return 0;
+#endif
+#ifdef ST_FILTER_PORTS
+	int lp = e->sport, rp = e->dport;
+	__u8 *l = port_filter.lookup(&lp), *r = port_filter.lookup(&rp);
+	__u8 lb = l ? *l : 0, rb = r ? *r : 0;
+	if (!((lb & 1) || (rb & 1) || (lb & 2) || (rb & 4)))
+		return 0;
+#endif
+#ifdef ST_FILTER_PIDS
+	if (e->pid) {
+		__u32 pid = e->pid;
+		if (!pid_filter.lookup(&pid))
+			return 0;
+	}
+#endif
+	return 1;
+}
+
+/* Reserve, fill (copy the prepared event), submit; a full buffer is counted
+ * so user space can say exactly how many records were lost. */
+static __always_inline void emit(void *ctx, const struct st_event *src)
+{
+	if (!wanted(src))
+		return;
+#ifdef ST_USE_PERFBUF
+	if (events.perf_submit(ctx, (void *)src, sizeof(*src)) < 0)
+		count(ST_CNT_RINGBUF_LOST);
+#else
+	struct st_event *e = events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		count(ST_CNT_RINGBUF_LOST);
+		return;
+	}
+	__builtin_memcpy(e, src, sizeof(*e));
+	/* No wake-up per record: user space polls on a short timer, which
+	 * costs far less than a wake-up for every transition. */
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+#endif
+}
+
+static __always_inline __u8 read_substate(__u64 timer)
+{
+	__u8 sub = TCP_TIME_WAIT;
+#ifdef ST_OFF_TW_SUBSTATE
+	bpf_probe_read_kernel(&sub, sizeof(sub),
+			      (void *)(timer - ST_OFF_TW_TIMER + ST_OFF_TW_SUBSTATE));
+#endif
+	return sub;
+}
+
+static __always_inline void tuple_of(struct st_tuple *t, const struct st_event *e)
+{
+	__builtin_memcpy(t->laddr, e->saddr, 16);
+	__builtin_memcpy(t->raddr, e->daddr, 16);
+	t->lport = e->sport;
+	t->rport = e->dport;
+}
+
+static __always_inline struct st_listener *find_listener(const __u8 *addr, __u16 port)
+{
+	struct st_lkey k = {};
+	struct st_listener *l;
+
+	__builtin_memcpy(k.addr, addr, 16);
+	k.port = port;
+	l = listeners.lookup(&k);
+	if (l)
+		return l;
+	/* bound to the IPv4 wildcard: ::ffff:0.0.0.0 */
+	__builtin_memset(k.addr, 0, 16);
+	k.addr[10] = 0xff;
+	k.addr[11] = 0xff;
+	l = listeners.lookup(&k);
+	if (l)
+		return l;
+	/* bound to the IPv6 wildcard :: (dual stack) */
+	k.addr[10] = 0;
+	k.addr[11] = 0;
+	return listeners.lookup(&k);
+}
+
+/* A timewait substate change we can see: FIN_WAIT2 -> TIME_WAIT. */
+static __always_inline void tw_promote(void *ctx, struct st_tw *tw, __u64 ts, __u8 via)
+{
+	struct st_tuple t = {};
+
+	tw->ev.ts_ns = ts;
+	tw->ev.oldstate = TCP_FIN_WAIT2;
+	tw->ev.newstate = TCP_TIME_WAIT;
+	tw->ev.in_old_ns = ts - tw->state_ts;
+	tw->ev.flags = ST_F_IN_OLD;
+	tw->ev.via = via;
+	tw->ev.reason = ST_REASON_NONE;
+	tw->ev.kind = ST_KIND_STATE;
+	emit(ctx, &tw->ev);
+	tw->substate = TCP_TIME_WAIT;
+	tw->state_ts = ts;
+	tuple_of(&t, &tw->ev);
+	fw2_tuples.delete(&t);
+}
+
+/* A pending timewait cancel on this CPU was not followed by a re-arm of the
+ * same timer: the timewait socket is gone.  Report its end. */
+static __always_inline void tw_end(void *ctx, struct st_cancel *pc)
+{
+	__u64 timer = pc->timer;
+	struct st_tw *tw = tws.lookup(&timer);
+	struct st_tuple t = {};
+
+	pc->timer = 0;
+	if (!tw)
+		return;
+	if (tw->substate == TCP_FIN_WAIT2 && pc->substate == TCP_TIME_WAIT) {
+		/* The peer's FIN arrived unseen (a remote peer): the re-arm that
+		 * came with it set expires = then + TIME_WAIT_LEN. */
+		__u64 when = pc->ts;
+#ifdef ST_OFF_TIMER_EXPIRES
+		__u64 twlen_j = tw->len_j * ST_TIME_WAIT_LEN_S / ST_FIN_TIMEOUT;
+		if (twlen_j && pc->expires > twlen_j) {
+			__u64 entered_j = pc->expires - twlen_j;
+			if (entered_j <= pc->jiffies) {
+				__u64 ago = (pc->jiffies - entered_j) *
+					    (ST_TIME_WAIT_LEN_S * 1000000000ULL / twlen_j);
+				if (ago < pc->ts - tw->state_ts)
+					when = pc->ts - ago;
+			}
+		}
+#endif
+		tw_promote(ctx, tw, when, ST_VIA_TIMER);
+	}
+	tw->ev.ts_ns = pc->ts;
+	tw->ev.oldstate = tw->substate;
+	tw->ev.newstate = TCP_CLOSE;
+	tw->ev.in_old_ns = pc->ts - tw->state_ts;
+	tw->ev.flags = ST_F_IN_OLD;
+	tw->ev.via = ST_VIA_TIMER;
+	tw->ev.reason = pc->reason;
+	tw->ev.kind = ST_KIND_STATE;
+	emit(ctx, &tw->ev);
+	tuple_of(&t, &tw->ev);
+	fw2_tuples.delete(&t);
+	tws.delete(&timer);
+}
+
+/* Every program first settles a cancel left pending on this CPU.  Returns 1
+ * when the pending cancel was of `timer` (then it was a re-arm). */
+static __always_inline int settle_cancel(void *ctx, __u64 timer)
+{
+	int zero = 0;
+	struct st_cancel *pc = pending_cancel.lookup(&zero);
+
+	if (!pc || !pc->timer)
+		return 0;
+	if (timer && pc->timer == timer) {
+		pc->timer = 0;
+		return 1;
+	}
+	tw_end(ctx, pc);
+	return 0;
+}
+
+/* ---- sock:inet_sock_set_state -------------------------------------------- */
+
+static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
+					__u16 sport, __u16 dport, __u16 family,
+					const __u8 *saddr6, const __u8 *daddr6)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct st_sock *si = socks.lookup(&sk);
+	struct st_event e = {};
+	int zero = 0;
+
+	settle_cancel(ctx, 0);
+
+	e.kind = ST_KIND_STATE;
+	e.ts_ns = now;
+	e.skaddr = sk;
+	e.oldstate = old;
+	e.newstate = new;
+	e.sport = sport;
+	e.dport = dport;
+	e.family = family == ST_AF_INET6 ? 6 : 4;
+	/* helper copy: the verifier refuses loads through a moved ctx pointer */
+	bpf_probe_read_kernel(e.saddr, 16, saddr6);
+	bpf_probe_read_kernel(e.daddr, 16, daddr6);
+
+	/* Owner: only connect() and listen() run in the owner's context. */
+	if (new == TCP_SYN_SENT || new == TCP_LISTEN) {
+		e.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(&e.comm, sizeof(e.comm));
+		e.owner_from = new == TCP_LISTEN ? ST_OWNER_LISTEN : ST_OWNER_CONNECT;
+	} else if (si) {
+		e.pid = si->pid;
+		e.owner_from = si->owner_from;
+		__builtin_memcpy(e.comm, si->comm, ST_COMM_LEN);
+	} else if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
+		struct st_listener *l = find_listener(e.saddr, sport);
+		if (l) {
+			e.pid = l->pid;
+			e.owner_from = ST_OWNER_LISTENER;
+			__builtin_memcpy(e.comm, l->comm, ST_COMM_LEN);
+		}
+	}
+	if (si) {
+		e.in_old_ns = now - si->ts;
+		e.flags |= ST_F_IN_OLD;
+	}
+
+	/* A closing socket whose timewait timer was armed just before, on
+	 * this CPU, lives on as a timewait socket: TIME_WAIT, or FIN_WAIT2
+	 * when the peer has not sent its FIN yet (tcp_fin_timeout). */
+	if (new == TCP_CLOSE && (old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 ||
+				 old == TCP_CLOSING) && ST_TW_HANDLER) {
+		struct st_arm *arm = pending_arm.lookup(&zero);
+		if (arm && arm->timer && now - arm->ts < ST_ARM_WINDOW_NS) {
+			__u64 timer = arm->timer;
+			struct st_tw tw = {};
+			struct st_tuple t = {};
+
+			arm->timer = 0;
+			tw.substate = read_substate(timer);
+			tw.deadline = arm->expires;
+			tw.len_j = arm->expires - arm->now;
+			e.twaddr = timer;
+			e.via = ST_VIA_TIMER;
+			if (tw.substate == TCP_TIME_WAIT) {
+				e.newstate = TCP_TIME_WAIT;
+				tw.state_ts = now;
+			} else {
+				/* still FIN_WAIT2: no state change to print */
+				e.kind = ST_KIND_HANDOFF;
+				e.newstate = TCP_FIN_WAIT2;
+				tw.state_ts = si ? si->ts : now;
+			}
+			emit(ctx, &e);
+			__builtin_memcpy(&tw.ev, &e, sizeof(e));
+			if (tws.update(&timer, &tw))
+				count(ST_CNT_TW_FULL);
+			else if (tw.substate == TCP_FIN_WAIT2) {
+				tuple_of(&t, &e);
+				fw2_tuples.update(&t, &timer);
+			}
+			socks.delete(&sk);
+			return 0;
+		}
+	}
+
+	emit(ctx, &e);
+
+	/* Book-keeping for the transitions to come. */
+	if (new == TCP_CLOSE) {
+		if (old == TCP_LISTEN) {
+			struct st_lkey k = {};
+			__builtin_memcpy(k.addr, e.saddr, 16);
+			k.port = sport;
+			struct st_listener *l = listeners.lookup(&k);
+			if (l && l->sk == sk)
+				listeners.delete(&k);
+		}
+		if (old == TCP_LAST_ACK) {
+			/* our ACK of a local peer's FIN: look for that peer's
+			 * FIN_WAIT2 timewait socket, now in TIME_WAIT */
+			struct st_tuple t = {};
+			__builtin_memcpy(t.laddr, e.daddr, 16);
+			__builtin_memcpy(t.raddr, e.saddr, 16);
+			t.lport = dport;
+			t.rport = sport;
+			__u64 *timer = fw2_tuples.lookup(&t);
+			if (timer) {
+				__u64 tk = *timer;
+				struct st_tw *tw = tws.lookup(&tk);
+				if (tw && tw->substate == TCP_FIN_WAIT2 &&
+				    read_substate(tk) == TCP_TIME_WAIT)
+					tw_promote(ctx, tw, now, ST_VIA_PEER);
+			}
+		}
+		socks.delete(&sk);
+		return 0;
+	}
+
+	struct st_sock ns = {};
+	ns.ts = now;
+	ns.pid = e.pid;
+	ns.owner_from = e.owner_from;
+	__builtin_memcpy(ns.comm, e.comm, ST_COMM_LEN);
+	if (socks.update(&sk, &ns))
+		count(ST_CNT_SOCKS_FULL);
+
+	if (new == TCP_LISTEN) {
+		struct st_lkey k = {};
+		struct st_listener l = {};
+		__builtin_memcpy(k.addr, e.saddr, 16);
+		k.port = sport;
+		l.sk = sk;
+		l.pid = e.pid;
+		__builtin_memcpy(l.comm, e.comm, ST_COMM_LEN);
+		listeners.update(&k, &l);
+	} else if (new == TCP_SYN_SENT) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct st_connect c = {};
+		c.ts = now;
+		tuple_of(&c.t, &e);
+		connecting.update(&id, &c);
+	}
+	return 0;
+}
+
+#ifdef ST_TCP_SET_STATE
+/* Linux 4.15 has only tcp:tcp_set_state (TCP only, no family field). */
+TRACEPOINT_PROBE(tcp, tcp_set_state)
+{
+	__u16 family = args->saddr_v6[10] == 0xff && args->saddr_v6[11] == 0xff &&
+		       !args->saddr_v6[0] ? ST_AF_INET : ST_AF_INET6;
+	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
+			    args->sport, args->dport, family,
+			    args->saddr_v6, args->daddr_v6);
+}
+#else
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	if (args->protocol != 6 /* IPPROTO_TCP */)
+		return 0;
+	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
+			    args->sport, args->dport, args->family,
+			    args->saddr_v6, args->daddr_v6);
+}
+#endif
+
+/* ---- timer:* on the timewait timer ---------------------------------------- */
+
+TRACEPOINT_PROBE(timer, timer_start)
+{
+	__u64 timer = (__u64)args->timer;
+	int zero = 0;
+
+	if (!ST_TW_HANDLER || (__u64)args->function != ST_TW_HANDLER) {
+		settle_cancel(args, 0);
+		return 0;
+	}
+	settle_cancel(args, timer);
+
+	struct st_tw *tw = tws.lookup(&timer);
+	if (tw) {
+		/* A re-arm extends the same timewait socket; the FIN that
+		 * makes a FIN_WAIT2 one enter TIME_WAIT re-arms it. */
+		tw->deadline = args->expires;
+		if (tw->substate == TCP_FIN_WAIT2 && read_substate(timer) == TCP_TIME_WAIT)
+			tw_promote(args, tw, bpf_ktime_get_ns(), ST_VIA_TIMER);
+		return 0;
+	}
+	/* A new timewait socket: its set_state(CLOSE) follows on this CPU. */
+	struct st_arm *arm = pending_arm.lookup(&zero);
+	if (arm) {
+		arm->timer = timer;
+		arm->expires = args->expires;
+		arm->now = args->now;
+		arm->ts = bpf_ktime_get_ns();
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(timer, timer_cancel)
+{
+	__u64 timer = (__u64)args->timer;
+	int zero = 0;
+
+	settle_cancel(args, 0);
+	struct st_tw *tw = tws.lookup(&timer);
+	if (!tw)
+		return 0;
+
+	/* Every end passes here, and so does the first half of a re-arm that
+	 * moves the timer: decide at the next event on this CPU. */
+	struct st_cancel *pc = pending_cancel.lookup(&zero);
+	if (!pc)
+		return 0;
+	pc->timer = timer;
+	pc->ts = bpf_ktime_get_ns();
+	pc->jiffies = bpf_jiffies64();
+	pc->substate = read_substate(timer);
+	pc->expires = 0;
+#ifdef ST_OFF_TIMER_EXPIRES
+	bpf_probe_read_kernel(&pc->expires, sizeof(pc->expires),
+			      (void *)(timer + ST_OFF_TIMER_EXPIRES));
+#endif
+	if (pc->jiffies >= tw->deadline) {
+		pc->reason = ST_REASON_EXPIRED;
+		return 0;
+	}
+	pc->reason = ST_REASON_KILLED;
+	/* Reused by connect(): the same thread just went CLOSE->SYN_SENT
+	 * toward the same peer. */
+	__u64 id = bpf_get_current_pid_tgid();
+	struct st_connect *c = connecting.lookup(&id);
+	if (c && pc->ts - c->ts < ST_CONNECT_WINDOW_NS &&
+	    c->t.rport == tw->ev.dport &&
+	    (c->t.lport == 0 || c->t.lport == tw->ev.sport)) {
+		pc->reason = ST_REASON_REUSED;
+		connecting.delete(&id);
+		return 0;
+	}
+	/* Reused by a SYN to our listener (the server side held TIME_WAIT). */
+	if (find_listener(tw->ev.saddr, tw->ev.sport))
+		pc->reason = ST_REASON_REUSED;
+	return 0;
+}
+
+TRACEPOINT_PROBE(timer, timer_expire_entry)
+{
+	settle_cancel(args, 0);
+	return 0;
+}

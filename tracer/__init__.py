@@ -1,0 +1,3 @@
+"""socktrace: every TCP state transition on a Linux host, live, as NDJSON."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,341 @@
+"""The eBPF backend: compile bpf/socktrace.bpf.c with bcc, attach it to the
+tracepoints, and read its records in batches straight from the ring buffer.
+
+bcc's own ring buffer reader calls back into Python once per record, which
+caps a consumer at ~250k records/s before it has done any work.  Here the
+ring buffer map is memory-mapped and walked in a plain loop (the layout is the
+kernel's, kernel/bpf/ringbuf.c: a consumer page, a producer page, then the
+data pages mapped twice so that a record never wraps).
+
+Everything that can be missing on a host is checked up front and reported as
+:class:`Unavailable` with one line saying what is missing, so that ``--backend
+auto`` can fall back to /proc and ``--backend bpf`` can fail clearly.
+"""
+
+import ctypes
+import errno
+import mmap
+import os
+import platform
+import struct
+import time
+
+from . import wire
+
+TRACEFS = "/sys/kernel/tracing"
+DEFAULT_MAX_SOCKS = 262144
+DEFAULT_RINGBUF_MB = 16
+
+_U64 = struct.Struct("<Q")
+_HDR = struct.Struct("<II")
+_BUSY = 1 << 31
+_DISCARD = 1 << 30
+_REC = wire.EVENT.size
+_REC_STRIDE = (_REC + 8 + 7) & ~7
+
+
+class Unavailable(Exception):
+    """eBPF cannot run here; the message is one line saying why."""
+
+
+def kernel_version(release=None):
+    """``'6.18.44-fc-v669'`` -> ``(6, 18)``."""
+    parts = (release or platform.release()).split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def ensure_tracefs(root=TRACEFS):
+    """Mount tracefs if it is not mounted (it may not be, at boot)."""
+    if os.path.isdir(os.path.join(root, "events")):
+        return root
+    legacy = "/sys/kernel/debug/tracing"
+    if os.path.isdir(os.path.join(legacy, "events")):
+        return legacy
+    try:
+        import subprocess
+
+        subprocess.run(["mount", "-t", "tracefs", "nodev", root],
+                       check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable("tracefs is not mounted at %s and mounting it failed (%s)"
+                          % (root, getattr(e, "stderr", b"").decode().strip() or e))
+    if not os.path.isdir(os.path.join(root, "events")):
+        raise Unavailable("tracefs mounted at %s has no events directory" % root)
+    return root
+
+
+def kallsyms_address(name, path="/proc/kallsyms"):
+    """Address of kernel symbol *name*, or 0 when absent or hidden (as non-root
+    sees all-zero addresses)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2] == name:
+                    return int(fields[0], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def _sysctl_int(name, default):
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def preflight():
+    """Why eBPF cannot run on this host, or None.  Cheap: no compilation."""
+    if os.geteuid() != 0:
+        return "not root (eBPF needs root or CAP_BPF+CAP_PERFMON)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return ("bcc is not installed for this Python (apt-get install python3-bpfcc, "
+                "and a venv made with --system-site-packages)")
+    if not os.path.exists("/lib/modules/%s/build" % platform.release()):
+        return ("no kernel headers for %s at /lib/modules/%s/build "
+                "(install linux-headers, see README)" % (platform.release(), platform.release()))
+    return None
+
+
+class BpfBackend:
+    """Source of decoded kernel records.  ``open()`` loads and attaches,
+    ``read()`` returns the records that arrived since the last call,
+    ``lost()`` the new kernel-side losses, ``close()`` detaches."""
+
+    source = "bpf"
+
+    def __init__(self, max_socks=DEFAULT_MAX_SOCKS, ringbuf_mb=DEFAULT_RINGBUF_MB,
+                 family=None, ports=(), lports=(), rports=(), pids=(),
+                 timewait=True):
+        self.max_socks = max_socks
+        self.ringbuf_pages = _pow2_pages(ringbuf_mb)
+        self.family = family
+        self.ports, self.lports, self.rports = set(ports), set(lports), set(rports)
+        self.pids = set(pids)
+        self.timewait = timewait
+        self.notes = []          # one-line caveats for stderr (degraded features)
+        self._bpf = None
+        self._rb = None
+        self._counters_seen = [0] * wire.NR_COUNTERS
+
+    # -- set-up --------------------------------------------------------------
+
+    def cflags(self):
+        """The -D settings for the BPF program (see its header comment)."""
+        flags = [
+            "-DST_MAX_SOCKS=%d" % self.max_socks,
+            "-DST_RINGBUF_PAGES=%d" % self.ringbuf_pages,
+            "-DST_FIN_TIMEOUT=%d" % max(1, _sysctl_int("net.ipv4.tcp_fin_timeout", 60)),
+        ]
+        if self.use_perfbuf:
+            flags.append("-DST_USE_PERFBUF")
+        if self.tp_category == "tcp":
+            flags.append("-DST_TCP_SET_STATE")
+        handler = kallsyms_address("tw_timer_handler") if self.timewait else 0
+        if self.timewait and not handler:
+            self.notes.append("TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms")
+        flags.append("-DST_TW_HANDLER=0x%xULL" % handler)
+        if handler:
+            flags += self._btf_flags()
+        if self.family:
+            flags.append("-DST_FILTER_FAMILY=%d" % self.family)
+        if self.ports or self.lports or self.rports:
+            flags.append("-DST_FILTER_PORTS")
+        if self.pids:
+            flags.append("-DST_FILTER_PIDS")
+        return flags
+
+    def _btf_flags(self):
+        from . import btf
+
+        try:
+            offs = btf.member_offsets({"inet_timewait_sock": ["tw_substate", "tw_timer"],
+                                       "timer_list": ["expires"]})
+        except btf.BTFError as e:
+            self.notes.append("FIN_WAIT2 timewait sockets reported as TIME_WAIT: %s" % e)
+            return []
+        return [
+            "-DST_OFF_TW_TIMER=%d" % offs[("inet_timewait_sock", "tw_timer")][0],
+            "-DST_OFF_TW_SUBSTATE=%d" % offs[("inet_timewait_sock", "tw_substate")][0],
+            "-DST_OFF_TIMER_EXPIRES=%d" % offs[("timer_list", "expires")][0],
+        ]
+
+    def open(self):
+        why = preflight()
+        if why:
+            raise Unavailable(why)
+        tracefs = ensure_tracefs()
+        events = os.path.join(tracefs, "events")
+        if os.path.isdir(os.path.join(events, "sock", "inet_sock_set_state")):
+            self.tp_category = "sock"
+        elif os.path.isdir(os.path.join(events, "tcp", "tcp_set_state")):
+            self.tp_category = "tcp"
+        else:
+            raise Unavailable("this kernel (%s) has neither sock:inet_sock_set_state "
+                              "nor tcp:tcp_set_state" % platform.release())
+        self.use_perfbuf = kernel_version() < (5, 8)
+
+        from bcc import BPF  # lazy: the proc backend must work without bcc
+
+        src = wire.bpf_dir() / "socktrace.bpf.c"
+        # bcc prints compiler errors to stderr itself; keep ours to one line.
+        try:
+            with _quiet_stderr():
+                self._bpf = BPF(src_file=str(src).encode(),
+                                cflags=["-I%s" % wire.bpf_dir(), "-w"] + self.cflags())
+        except Exception as e:  # bcc raises bare Exception on compile/load errors
+            raise Unavailable("BPF program failed to load: %s" % _one_line(e))
+        self._fill_filters()
+        if self.use_perfbuf:
+            self._pending = []
+            self._bpf["events"].open_perf_buffer(self._on_perf, page_cnt=256,
+                                                 lost_cb=self._on_perf_lost)
+            self._perf_lost = 0
+        else:
+            self._rb = _RingReader(self._bpf["events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE)
+        self._counters = self._bpf["counters"]
+        return self
+
+    def _fill_filters(self):
+        if self.ports or self.lports or self.rports:
+            table = self._bpf["port_filter"]
+            bits = {}
+            for group, bit in ((self.ports, 1), (self.lports, 2), (self.rports, 4)):
+                for p in group:
+                    bits[p] = bits.get(p, 0) | bit
+            for p, b in bits.items():
+                table[ctypes.c_int(p)] = ctypes.c_ubyte(b)
+        if self.pids:
+            table = self._bpf["pid_filter"]
+            for pid in self.pids:
+                table[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
+
+    # -- reading -------------------------------------------------------------
+
+    def read(self):
+        """Raw records (tuples in wire.FIELDS order) that arrived since last call."""
+        if self._rb is not None:
+            return self._rb.read()
+        self._bpf.perf_buffer_poll(timeout=0)
+        out, self._pending = self._pending, []
+        return out
+
+    def _on_perf(self, cpu, data, size):
+        self._pending.append(wire.EVENT.unpack(ctypes.string_at(data, _REC)))
+
+    def _on_perf_lost(self, count):
+        self._perf_lost += count
+
+    def counters(self):
+        """Kernel-side counters summed over CPUs, by name."""
+        out = {}
+        for idx, name in wire.COUNTERS.items():
+            out[name] = sum(self._counters[ctypes.c_int(idx)])
+        if self.use_perfbuf:
+            out["ringbuf_lost"] += self._perf_lost
+        return out
+
+    def lost(self):
+        """{counter name: increase since the last call} for non-zero increases."""
+        now = self.counters()
+        new = {}
+        for idx, name in wire.COUNTERS.items():
+            d = now[name] - self._counters_seen[idx]
+            if d:
+                new[name] = d
+                self._counters_seen[idx] = now[name]
+        return new
+
+    def close(self):
+        """Detach every program and free the maps (idempotent)."""
+        if self._rb is not None:
+            self._rb.close()
+            self._rb = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+class _RingReader:
+    """Reads a BPF ring buffer map through mmap, many records per call."""
+
+    def __init__(self, map_fd, size):
+        page = mmap.PAGESIZE
+        self.mask = size - 1
+        self.cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        # producer page + data mapped twice, read-only
+        self.prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED,
+                              mmap.PROT_READ, offset=page)
+        self.data_off = page
+
+    def read(self):
+        cons_pos = _U64.unpack_from(self.cons, 0)[0]
+        prod_pos = _U64.unpack_from(self.prod, 0)[0]
+        if cons_pos == prod_pos:
+            return []
+        out = []
+        append = out.append
+        unpack = wire.EVENT.unpack_from
+        hdr = _HDR.unpack_from
+        buf, mask, base = self.prod, self.mask, self.data_off
+        while cons_pos < prod_pos:
+            off = base + (cons_pos & mask)
+            length, _ = hdr(buf, off)
+            if length & _BUSY:
+                break            # a producer is still writing it
+            if not length & _DISCARD and (length & 0x3FFFFFFF) == _REC:
+                append(unpack(buf, off + 8))
+            cons_pos += ((length & 0x3FFFFFFF) + 8 + 7) & ~7
+        # release the space to the producers
+        _U64.pack_into(self.cons, 0, cons_pos)
+        return out
+
+    def close(self):
+        self.cons.close()
+        self.prod.close()
+
+
+def _pow2_pages(mb):
+    pages = max(1, int(mb * 1024 * 1024 // mmap.PAGESIZE))
+    p = 1
+    while p < pages:
+        p <<= 1
+    return p
+
+
+def _one_line(e):
+    text = " ".join(str(e).split())
+    return text[:300]
+
+
+class _quiet_stderr:
+    """Silence fd 2 while bcc compiles (it prints clang output itself); the
+    text is kept and returned in the error instead."""
+
+    def __enter__(self):
+        import tempfile
+
+        self.tmp = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.tmp.fileno(), 2)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if exc is not None:
+            self.tmp.seek(0)
+            text = self.tmp.read().decode(errors="replace")
+            errs = [l for l in text.splitlines() if "error" in l]
+            if errs:
+                exc.args = ("%s (%s)" % (exc.args[0] if exc.args else exc, errs[0].strip()),)
+        self.tmp.close()
+        return False

@@ -1,0 +1,149 @@
+"""socktrace command line: parse, choose a backend, run the pipeline, exit.
+
+``main()`` returns the exit status: 0 after SIGINT/SIGTERM/--duration with
+everything flushed and every probe detached, 2 for usage errors, 1 with a
+one-line message for anything the host or the user got wrong at run time.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from . import __version__, states
+
+EPILOG = """\
+examples:
+  socktrace                         every TCP state change, NDJSON on stdout
+  socktrace --format text           the same as aligned columns
+  socktrace --port 5432 -o pg.ndjson   connections to or from port 5432, to a file
+  socktrace --state close-wait      only transitions into or out of CLOSE_WAIT
+  socktrace --pid 1234 --duration 60   one process, for a minute
+  socktrace -6 --addr 2001:db8::/32    IPv6 peers in a network
+  socktrace --dump-every 10         also the whole socket table every 10 s
+  kill -USR1 $(pidof -x socktrace)  dump the socket table now
+  socktrace | jq -c 'select(.new=="TIME_WAIT")'
+
+Family, port and pid filters run in the kernel: what they reject costs
+nothing in user space.  Output fields: see README.md and
+tracer/schema/events.schema.json.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _ports(text):
+    out = []
+    for part in text.split(","):
+        try:
+            p = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a port: %r" % part)
+        if not 0 < p < 65536:
+            raise argparse.ArgumentTypeError("port out of range 1-65535: %d" % p)
+        out.append(p)
+    return out
+
+
+def _positive(kind):
+    def conv(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a number: %r" % text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError("must be > 0: %r" % text)
+        return v
+    return conv
+
+
+def _state(text):
+    try:
+        return states.parse_state(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _cidr(text):
+    from .filters import parse_cidr
+    try:
+        return parse_cidr(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def build_parser():
+    p = _Parser(prog="socktrace", description="Trace every TCP state transition on "
+                "this host, with owners and durations, as NDJSON.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout (appends)")
+    p.add_argument("--format", choices=("json", "text"), default="json",
+                   help="json: one object per line (default); text: aligned columns")
+    p.add_argument("--duration", type=_positive(float), metavar="SECONDS",
+                   help="stop after this long")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
+    fam.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
+    p.add_argument("--port", type=_ports, action="append", default=[], metavar="PORT[,PORT]",
+                   help="local or remote port (repeatable)")
+    p.add_argument("--lport", type=_ports, action="append", default=[], metavar="PORT",
+                   help="local port")
+    p.add_argument("--rport", type=_ports, action="append", default=[], metavar="PORT",
+                   help="remote port")
+    p.add_argument("--addr", type=_cidr, action="append", default=[], metavar="CIDR",
+                   help="local or remote address in this network")
+    p.add_argument("--pid", type=_positive(int), action="append", default=[],
+                   help="owning process id (repeatable)")
+    p.add_argument("--comm", action="append", default=[], help="owning process name")
+    p.add_argument("--state", type=_state, action="append", default=[], metavar="NAME",
+                   help="transitions into or out of this state (ss spellings too: time-wait)")
+    p.add_argument("--backend", choices=("auto", "bpf", "proc"), default="auto",
+                   help="auto: eBPF when possible, else /proc polling (default)")
+    p.add_argument("--interval", type=_positive(float), default=1.0, metavar="SECONDS",
+                   help="proc backend poll interval (default 1)")
+    p.add_argument("--dump-every", type=_positive(float), metavar="SECONDS",
+                   help="write the socket table every N seconds (also on SIGUSR1)")
+    p.add_argument("--summary", action="store_true",
+                   help="also emit the exit report as a {\"type\":\"summary\"} record")
+    p.add_argument("--no-report", action="store_true", help="no exit report on stderr")
+    p.add_argument("--max-sockets", type=_positive(int), default=262144, metavar="N",
+                   help="kernel map size for tracked sockets (default 262144)")
+    p.add_argument("--table-cap", type=_positive(int), default=2_000_000, metavar="N",
+                   help="connection table cap; evictions are counted (default 2000000)")
+    p.add_argument("--ringbuf-mb", type=_positive(float), default=16, metavar="MB",
+                   help="kernel ring buffer size (default 16)")
+    p.add_argument("--version", action="version", version="socktrace " + __version__)
+    return p
+
+
+def _flat(lists):
+    return [x for sub in lists for x in sub]
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        sys.stderr.write("socktrace: %s\n(try socktrace -h)\n" % e)
+        return 2
+    except SystemExit as e:   # -h / --version
+        return e.code or 0
+
+    from .run import Failure, run
+
+    try:
+        return run(args, ports=_flat(args.port), lports=_flat(args.lport),
+                   rports=_flat(args.rport))
+    except Failure as e:
+        sys.stderr.write("socktrace: %s\n" % e)
+        return 1
+    except KeyboardInterrupt:
+        return 0

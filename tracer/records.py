@@ -1,0 +1,123 @@
+"""Output records: how a kernel event becomes one NDJSON object.
+
+The field names and types are those of ``tracer/schema/events.schema.json``,
+the published contract; tests validate every line socktrace writes against
+it.  Formatting is on the per-event hot path, so addresses, comm strings and
+the seconds part of timestamps are cached: a busy host has few distinct
+values of each.
+
+>>> fmt = Formatter(wall_offset_ns=0)
+>>> fmt.ts(1_700_000_000_123_456_789)
+'2023-11-14T22:13:20.123456Z'
+>>> fmt.addr(4, bytes(10) + b"\\xff\\xff" + bytes([127, 0, 0, 1]))
+'127.0.0.1'
+>>> fmt.addr(6, bytes(10) + b"\\xff\\xff" + bytes([10, 1, 2, 3]))
+'::ffff:10.1.2.3'
+>>> fmt.addr(6, bytes(15) + b"\\x01")
+'::1'
+"""
+
+import socket
+import time
+
+from . import states, wire
+
+STATE = "state"
+LOST = "lost"
+CLOSED = "closed"
+SOCKET = "socket"
+SUMMARY = "summary"
+
+
+def wall_offset_ns():
+    """CLOCK_REALTIME - CLOCK_MONOTONIC: kernel timestamps are monotonic."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+class Formatter:
+    """Caches for the strings every record repeats."""
+
+    def __init__(self, wall_offset_ns=None):
+        self.wall_offset = wall_offset_ns if wall_offset_ns is not None else globals()["wall_offset_ns"]()
+        self._sec = -1
+        self._sec_text = ""
+        self._addrs = {}
+        self._comms = {}
+
+    def ts(self, mono_ns):
+        """RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC time."""
+        wall = mono_ns + self.wall_offset
+        sec, frac = divmod(wall, 1_000_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return "%s.%06dZ" % (self._sec_text, frac // 1000)
+
+    def addr(self, family, raw16):
+        """16 bytes as the tracepoint gives them (IPv4 mapped) -> text."""
+        key = (family, raw16)
+        text = self._addrs.get(key)
+        if text is None:
+            if family == 4:
+                text = socket.inet_ntop(socket.AF_INET, raw16[12:])
+            else:
+                text = socket.inet_ntop(socket.AF_INET6, raw16)
+            if len(self._addrs) > 65536:
+                self._addrs.clear()
+            self._addrs[key] = text
+        return text
+
+    def comm(self, raw):
+        text = self._comms.get(raw)
+        if text is None:
+            text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            if len(self._comms) > 65536:
+                self._comms.clear()
+            self._comms[raw] = text
+        return text
+
+
+_NAMES = states.NAMES
+_OWNER = wire.OWNER_FROM
+_REASON = {k: (None if v == "none" else v) for k, v in wire.REASON.items()}
+_VIA = {k: (None if v == "kernel" else v) for k, v in wire.VIA.items()}
+_F_IN_OLD = wire.F_IN_OLD
+
+
+def decode(fmt, raw, source="bpf"):
+    """A raw wire tuple -> a state record (dict, schema field order).
+
+    Internal records (hand-offs) come back with ``type`` "handoff"; the
+    connection table consumes them and nothing prints them.
+    """
+    (ts_ns, sk, twaddr, in_old, saddr, daddr, pid, sport, dport, family,
+     old, new, owner_from, flags, reason, via, kind, comm) = raw
+    rec = {
+        "type": STATE if kind == 0 else "handoff",
+        "ts": fmt.ts(ts_ns),
+        "sk": "%x" % sk,
+        "family": family,
+        "laddr": fmt.addr(family, saddr),
+        "lport": sport,
+        "raddr": fmt.addr(family, daddr),
+        "rport": dport,
+        "old": _NAMES[old],
+        "new": _NAMES[new],
+        "in_old_ns": in_old if flags & _F_IN_OLD else None,
+        "pid": pid or None,
+        "comm": fmt.comm(comm) if pid else None,
+        "owner_from": _OWNER[owner_from],
+        "source": source,
+    }
+    if via:
+        rec["via"] = _VIA[via]
+    if reason:
+        rec["reason"] = _REASON[reason]
+    return rec, ts_ns, sk, twaddr
+
+
+def lost(ts, count, what, source="bpf"):
+    """``what``: ringbuf_lost (records dropped: the ring buffer was full),
+    socks_full / tw_full (sockets the kernel maps had no room for: their
+    durations and owners may be missing)."""
+    return {"type": LOST, "ts": ts, "count": count, "what": what, "source": source}

@@ -1,0 +1,162 @@
+"""The pipeline, in the order data flows:
+
+    kernel event -> decode -> connection table -> filter -> sink
+
+and the loop that drives it: read what arrived, push it through, write it in
+one go, sleep a little when the host is quiet, stop cleanly on a signal or
+when --duration runs out.
+"""
+
+import os
+import signal
+import sys
+import time
+
+from . import records
+from .filters import Filter
+
+POLL_S = 0.05          # quiet-host latency: events reach the output within this
+BUSY_BATCH = 2048      # a read this large means more is waiting: read again now
+
+
+class Failure(Exception):
+    """A runtime failure reported as one line and exit status 1."""
+
+
+def _open_backend(args, ports, lports, rports):
+    """The backend the user asked for; with ``auto``, eBPF or else /proc with
+    a one-line note saying why."""
+    from .bpf_backend import BpfBackend, Unavailable
+
+    if args.backend in ("auto", "bpf"):
+        try:
+            return BpfBackend(max_socks=args.max_sockets, ringbuf_mb=args.ringbuf_mb,
+                              family=args.family, ports=ports, lports=lports,
+                              rports=rports, pids=args.pid).open()
+        except Unavailable as e:
+            if args.backend == "bpf" or os.environ.get("SOCKTRACE_REQUIRE_BPF") == "1":
+                raise Failure("eBPF backend unavailable: %s" % e)
+            sys.stderr.write("socktrace: eBPF unavailable (%s); polling /proc instead\n" % e)
+    try:
+        from .proc_backend import ProcBackend
+    except ImportError as e:
+        raise Failure("proc backend unavailable: %s" % e)
+    return ProcBackend(interval=args.interval).open()
+
+
+def _snapshot(table):
+    """Seed the table with the sockets that exist now, owners included."""
+    try:
+        from . import owners, procnet
+    except ImportError:
+        return
+    try:
+        socks = procnet.read_tcp()
+    except (OSError, ValueError) as e:
+        sys.stderr.write("socktrace: no start-up snapshot: %s\n" % e)
+        return
+    resolved = owners.OwnerCache().resolve({s.inode for s in socks if s.inode})
+    table.seed_from(socks, resolved)
+
+
+class _Flags:
+    def __init__(self):
+        self.stop = False
+        self.dump = False
+
+    def on_stop(self, signum, frame):
+        self.stop = True
+
+    def on_dump(self, signum, frame):
+        self.dump = True
+
+
+def run(args, ports=(), lports=(), rports=()):
+    from .sink import JsonSink, SinkClosed, TextSink
+    from .table import ConnTable
+
+    try:
+        sink = (TextSink if args.format == "text" else JsonSink)(args.output)
+    except OSError as e:
+        raise Failure(str(e))
+
+    flags = _Flags()
+    signal.signal(signal.SIGINT, flags.on_stop)
+    signal.signal(signal.SIGTERM, flags.on_stop)
+    signal.signal(signal.SIGUSR1, flags.on_dump)
+
+    backend = _open_backend(args, ports, lports, rports)
+    for note in getattr(backend, "notes", ()):
+        sys.stderr.write("socktrace: %s\n" % note)
+    source = backend.source
+    fmt = records.Formatter()
+    table = ConnTable(time.monotonic_ns(), cap=args.table_cap, source=source)
+    if source == "bpf":
+        _snapshot(table)
+    keep = Filter(family=args.family, ports=ports, lports=lports, rports=rports,
+                  pids=args.pid, comms=args.comm, states=args.state, nets=args.addr)
+    want = keep if keep.active else None
+    lost_total = {}
+    deadline = time.monotonic() + args.duration if args.duration else None
+    next_dump = time.monotonic() + args.dump_every if args.dump_every else None
+    decode = records.decode
+    apply = table.apply
+    raw_input = source == "bpf"
+
+    def pump():
+        """One read: everything that arrived, through the pipeline, written."""
+        batch = backend.read()
+        out = []
+        for item in batch:
+            rec, ts_ns, sk, twaddr = decode(fmt, item, source) if raw_input else item
+            closed = apply(rec, ts_ns, sk, twaddr)
+            if rec["type"] == "state" and (want is None or want(rec)):
+                out.append(rec)
+            if closed is not None and (want is None or want(closed)):
+                out.append(closed)
+        lost = backend.lost()
+        if lost:
+            ts = fmt.ts(time.monotonic_ns())
+            for what, n in lost.items():
+                lost_total[what] = lost_total.get(what, 0) + n
+                out.append(records.lost(ts, n, what, source))
+        sink.write(out)
+        return len(batch)
+
+    status = 0
+    try:
+        try:
+            while not flags.stop:
+                n = pump()
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if flags.dump or (next_dump is not None and now >= next_dump):
+                    flags.dump = False
+                    if next_dump is not None:
+                        next_dump = now + args.dump_every
+                    dump = [r for r in table.sockets(time.monotonic_ns(), fmt.ts)
+                            if want is None or want(r)]
+                    sink.write(dump)
+                if n < BUSY_BATCH:
+                    time.sleep(POLL_S if deadline is None else
+                               max(0.0, min(POLL_S, deadline - now)))
+            pump()    # what arrived while we were stopping
+            if args.summary:
+                sink.write([table.summary(fmt.ts(time.monotonic_ns()))])
+        except SinkClosed:
+            # the reader is gone (socktrace | head): nothing more to say
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except OSError:
+                pass
+            args.no_report = True
+    finally:
+        backend.close()
+        sink.close()
+    if not args.no_report:
+        from .report import render
+        sys.stderr.write(render(table.summary(fmt.ts(time.monotonic_ns())), lost_total))
+    elif lost_total:
+        sys.stderr.write("socktrace: lost %s\n" % lost_total)
+    return status

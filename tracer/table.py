@@ -1,0 +1,310 @@
+"""The live connection table: every TCP socket the host has, what state it is
+in, since when, owned by whom; and, when a connection ends, its summary.
+
+It sits between decoding and filtering: each state record passes through
+:meth:`ConnTable.apply`, which fills in what the kernel could not know (the
+owner of a socket older than the tracer, found in the start-up snapshot), and
+returns the ``closed`` record when a connection ends.
+
+Sockets are keyed by the kernel's socket address while the full socket lives,
+and by the timewait timer's address once a timewait socket holds the
+connection: the freed socket address may be reused at once by a new socket
+while the old connection still sits in TIME_WAIT.
+"""
+
+import random
+
+from . import states
+
+_TW_HOLDERS = ("TIME_WAIT", "FIN_WAIT2")
+
+
+class Conn:
+    """One socket.  Slots, and shared strings for addresses and names, keep a
+    million TIME_WAIT entries affordable."""
+
+    __slots__ = ("sk", "family", "laddr", "lport", "raddr", "rport", "pid", "comm",
+                 "owner_from", "state", "since", "born", "hist", "role", "lower_bound")
+
+    def __init__(self, rec, sk, born):
+        self.sk = sk
+        self.family = rec["family"]
+        self.laddr = rec["laddr"]
+        self.lport = rec["lport"]
+        self.raddr = rec["raddr"]
+        self.rport = rec["rport"]
+        self.pid = rec["pid"]
+        self.comm = rec["comm"]
+        self.owner_from = rec["owner_from"]
+        self.state = rec["old"]
+        self.since = born
+        self.born = born
+        self.hist = []          # state, ns, state, ns, ... in order
+        self.role = None
+        self.lower_bound = False
+
+    def tuple(self):
+        return (self.family, self.laddr, self.lport, self.raddr, self.rport)
+
+
+class Reservoir:
+    """Durations of one state: exact count and max, percentiles from a
+    uniform sample of at most ``size`` values (bounded memory for days)."""
+
+    __slots__ = ("count", "max", "sample", "size")
+
+    def __init__(self, size=50_000):
+        self.count = 0
+        self.max = 0
+        self.sample = []
+        self.size = size
+
+    def add(self, ns):
+        self.count += 1
+        if ns > self.max:
+            self.max = ns
+        if len(self.sample) < self.size:
+            self.sample.append(ns)
+        else:
+            j = random.randrange(self.count)
+            if j < self.size:
+                self.sample[j] = ns
+
+    def percentiles(self, ps=(50, 90, 99)):
+        data = sorted(self.sample)
+        out = {}
+        for p in ps:
+            out["p%d_ns" % p] = data[min(len(data) - 1, int(len(data) * p / 100))] if data else None
+        return out
+
+
+class ConnTable:
+    def __init__(self, start_ns, cap=2_000_000, source="bpf"):
+        self.start_ns = start_ns
+        self.cap = cap
+        self.source = source
+        self.live = {}        # socket address -> Conn
+        self.tw = {}          # timewait timer address -> Conn
+        self.seed = {}        # (family, laddr, lport, raddr, rport) -> snapshot entry
+        self.seed_listen = {}  # (family, laddr, lport) -> (pid, comm)
+        self.evicted = 0
+        self.transitions = {}  # (old, new) -> count
+        self.durations = {}    # state name -> Reservoir
+
+    # -- start-up snapshot -------------------------------------------------
+
+    def seed_from(self, sockets, owners):
+        """Remember the sockets that exist before tracing starts.
+
+        *sockets*: procnet.ProcSocket entries; *owners*: inode -> (pid, comm).
+        /proc hides the kernel socket address (the pointer column is hashed),
+        so they are matched to later events by their 4-tuple.
+        """
+        for s in sockets:
+            pid, comm = owners.get(s.inode, (None, None))
+            name = states.NAMES[s.state]
+            key = (s.family, s.laddr, s.lport, s.raddr, s.rport)
+            self.seed[key] = (name, pid, comm)
+            if name == "LISTEN" and pid:
+                self.seed_listen[(s.family, s.laddr, s.lport)] = (pid, comm)
+
+    def _seed_owner(self, rec):
+        key = (rec["family"], rec["laddr"], rec["lport"], rec["raddr"], rec["rport"])
+        hit = self.seed.pop(key, None)
+        if hit is not None:
+            return hit[1], hit[2], "proc", True
+        if rec["old"] == "LISTEN":
+            # accepted by a listener that predates us
+            fam = rec["family"]
+            for laddr in (rec["laddr"], "0.0.0.0" if fam == 4 else "::", "::"):
+                owner = self.seed_listen.get((fam, laddr, rec["lport"]))
+                if owner:
+                    return owner[0], owner[1], "listener", False
+        return None, None, "unknown", False
+
+    # -- the stream ----------------------------------------------------------
+
+    def apply(self, rec, ts_ns, sk, twaddr):
+        """Update the table with one decoded record; fill in what it lacks.
+        Returns a ``closed`` record when a connection has ended, else None."""
+        conn = None
+        if twaddr:
+            conn = self.tw.get(twaddr)
+            if conn is None:
+                conn = self.live.pop(sk, None)
+                if conn is not None:
+                    self.tw[twaddr] = conn
+        else:
+            conn = self.live.get(sk)
+        if conn is None:
+            conn = self._new(rec, ts_ns, sk, twaddr)
+
+        if rec["pid"] is None and conn.pid is not None:
+            rec["pid"], rec["comm"], rec["owner_from"] = conn.pid, conn.comm, conn.owner_from
+        elif rec["pid"] is not None and conn.pid is None:
+            conn.pid, conn.comm, conn.owner_from = rec["pid"], rec["comm"], rec["owner_from"]
+
+        old, new = rec["old"], rec["new"]
+        in_old = rec["in_old_ns"]
+        if in_old is None and conn.lower_bound and old == conn.state:
+            in_old = ts_ns - conn.since
+            rec["in_old_ns"] = in_old
+            rec["lower_bound"] = True
+        if rec["type"] == "handoff":
+            return None      # FIN_WAIT2 goes on, held by a timewait socket
+
+        key = (old, new)
+        self.transitions[key] = self.transitions.get(key, 0) + 1
+        if in_old is not None and old not in ("CLOSE", "LISTEN"):
+            conn.hist.append(old)
+            conn.hist.append(in_old)
+            res = self.durations.get(old)
+            if res is None:
+                res = self.durations[old] = Reservoir()
+            res.add(in_old)
+        conn.state = new
+        conn.since = ts_ns
+
+        if new == "CLOSE":
+            if twaddr:
+                self.tw.pop(twaddr, None)
+            elif self.live.get(sk) is conn:
+                del self.live[sk]
+            return self._closed(conn, rec, ts_ns)
+        return None
+
+    def _new(self, rec, ts_ns, sk, twaddr):
+        old = rec["old"]
+        conn = Conn(rec, sk, ts_ns)
+        if old == "CLOSE":
+            conn.role = "client" if rec["new"] == "SYN_SENT" else "listener"
+        elif old == "LISTEN" and rec["new"] == "SYN_RECV":
+            conn.role = "server"
+        else:
+            # a socket older than the tracer
+            pid, comm, how, known = self._seed_owner(rec)
+            if rec["pid"] is None and pid is not None:
+                rec["pid"], rec["comm"], rec["owner_from"] = pid, comm, how
+                conn.pid, conn.comm, conn.owner_from = pid, comm, how
+            if rec["in_old_ns"] is None:
+                conn.born = conn.since = self.start_ns
+                conn.lower_bound = True
+            else:
+                conn.born = ts_ns - rec["in_old_ns"]
+            conn.role = "server" if (rec["family"], rec["laddr"], rec["lport"]) in self.seed_listen else None
+        if old == "LISTEN" and rec["pid"] is None:
+            pid, comm, how, _ = self._seed_owner(rec)
+            if pid is not None:
+                rec["pid"], rec["comm"], rec["owner_from"] = pid, comm, how
+                conn.pid, conn.comm, conn.owner_from = pid, comm, how
+        if len(self.live) + len(self.tw) >= self.cap:
+            self._evict()
+        if twaddr:
+            self.tw[twaddr] = conn
+        else:
+            self.live[sk] = conn
+        return conn
+
+    def _evict(self):
+        """Drop the oldest entry (dicts keep insertion order); counted."""
+        victim = self.tw if len(self.tw) > len(self.live) else self.live
+        if victim:
+            del victim[next(iter(victim))]
+            self.evicted += 1
+
+    def _closed(self, conn, rec, ts_ns):
+        if conn.role == "listener":
+            return None
+        hist = conn.hist
+        path = hist[0::2]
+        spent = {}
+        for name, ns in zip(path, hist[1::2]):
+            spent[name] = spent.get(name, 0) + ns
+        if "FIN_WAIT1" in path:
+            first = "local"
+        elif "CLOSE_WAIT" in path:
+            first = "remote"
+        else:
+            first = None
+        last = path[-1] if path else rec["old"]
+        if last == "SYN_SENT":
+            end = "refused" if (rec["in_old_ns"] or 0) < 3_000_000_000 else "timeout"
+        elif last in ("TIME_WAIT", "LAST_ACK"):
+            end = "normal"
+        elif last == "FIN_WAIT2" and rec.get("reason") == "expired":
+            end = "timeout"
+        elif last == "FIN_WAIT2" and rec.get("reason") == "reused":
+            end = "normal"
+        else:
+            end = "reset"
+        out = {
+            "type": "closed",
+            "ts": rec["ts"],
+            "sk": rec["sk"],
+            "family": conn.family,
+            "laddr": rec["laddr"],
+            "lport": rec["lport"],
+            "raddr": rec["raddr"],
+            "rport": rec["rport"],
+            "pid": rec["pid"],
+            "comm": rec["comm"],
+            "owner_from": rec["owner_from"],
+            "role": conn.role,
+            "lifetime_ns": sum(spent.values()),
+            "states": spent,
+            "path": path + ["CLOSE"],
+            "closed_first": first,
+            "end": end,
+            "source": rec["source"],
+        }
+        if conn.lower_bound:
+            out["lower_bound"] = True
+        return out
+
+    # -- views ---------------------------------------------------------------
+
+    def sockets(self, now_ns, fmt_ts):
+        """The table as ``socket`` records, like ``ss -tanp`` with ages."""
+        for conn in list(self.live.values()) + list(self.tw.values()):
+            rec = {
+                "type": "socket",
+                "ts": fmt_ts(now_ns),
+                "sk": "%x" % conn.sk,
+                "family": conn.family,
+                "laddr": conn.laddr,
+                "lport": conn.lport,
+                "raddr": conn.raddr,
+                "rport": conn.rport,
+                "state": conn.state,
+                "in_state_ns": now_ns - conn.since,
+                "age_ns": now_ns - conn.born,
+                "pid": conn.pid,
+                "comm": conn.comm,
+                "owner_from": conn.owner_from,
+                "source": self.source,
+            }
+            if conn.lower_bound:
+                rec["lower_bound"] = True
+            yield rec
+
+    def current_states(self):
+        counts = {}
+        for conn in list(self.live.values()) + list(self.tw.values()):
+            counts[conn.state] = counts.get(conn.state, 0) + 1
+        return counts
+
+    def summary(self, ts):
+        durations = {}
+        for name, res in sorted(self.durations.items()):
+            d = {"count": res.count, "max_ns": res.max}
+            d.update(res.percentiles())
+            durations[name] = d
+        return {
+            "type": "summary",
+            "ts": ts,
+            "transitions": {"%s->%s" % k: v for k, v in sorted(self.transitions.items())},
+            "durations": durations,
+            "current": self.current_states(),
+            "evicted": self.evicted,
+            "source": self.source,
+        }
