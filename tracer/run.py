@@ -102,6 +102,7 @@ def run(args, ports=(), lports=(), rports=()):
     decode = records.decode
     apply = table.apply
     raw_input = source == "bpf"
+    evicted_seen = [0]
 
     def pump():
         """One read: everything that arrived, through the pipeline, written."""
@@ -115,6 +116,9 @@ def run(args, ports=(), lports=(), rports=()):
             if closed is not None and (want is None or want(closed)):
                 out.append(closed)
         lost = backend.lost()
+        if table.evicted != evicted_seen[0]:
+            lost["table_evicted"] = table.evicted - evicted_seen[0]
+            evicted_seen[0] = table.evicted
         if lost:
             ts = fmt.ts(time.monotonic_ns())
             for what, n in lost.items():
