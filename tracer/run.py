@@ -125,6 +125,7 @@ def run(args, ports=(), lports=(), rports=()):
                 lost_total[what] = lost_total.get(what, 0) + n
                 out.append(records.lost(ts, n, what, source))
         sink.write(out)
+        sink.check()
         return len(batch)
 
     status = 0

@@ -6,6 +6,8 @@ per event and still reaches the reader within a poll interval.
 """
 
 import os
+import select
+import stat
 import sys
 
 import orjson
@@ -28,6 +30,17 @@ class _Writer:
             except OSError as e:
                 raise OSError("cannot write %s: %s" % (path, e.strerror))
             self.own = True
+        # A pipe or socket whose reader left reports POLLERR at once; check it
+        # every loop so `socktrace | head -1` ends even when the host is quiet.
+        self._poll = None
+        if stat.S_ISFIFO(os.fstat(self.fd).st_mode) or stat.S_ISSOCK(os.fstat(self.fd).st_mode):
+            self._poll = select.poll()
+            self._poll.register(self.fd, select.POLLERR | select.POLLHUP)
+
+    def check(self):
+        """Raise SinkClosed when the reader has gone away."""
+        if self._poll is not None and self._poll.poll(0):
+            raise SinkClosed()
 
     def write(self, data):
         view = memoryview(data)
@@ -51,6 +64,9 @@ class JsonSink:
         if records:
             dumps = orjson.dumps
             self.out.write(b"".join([dumps(r, option=_NL) for r in records]))
+
+    def check(self):
+        self.out.check()
 
     def close(self):
         self.out.close()
@@ -116,6 +132,9 @@ class TextSink:
                     _ns(r["in_state_ns"])))
         if lines:
             self.out.write("".join(lines).encode())
+
+    def check(self):
+        self.out.check()
 
     def close(self):
         self.out.close()
