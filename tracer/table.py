@@ -177,7 +177,8 @@ class ConnTable:
         old = rec["old"]
         conn = Conn(rec, sk, ts_ns)
         if old == "CLOSE":
-            conn.role = "client" if rec["new"] == "SYN_SENT" else "listener"
+            new = rec["new"]
+            conn.role = "client" if new == "SYN_SENT" else "listener" if new == "LISTEN" else None
         elif old == "LISTEN" and rec["new"] == "SYN_RECV":
             conn.role = "server"
         else:
@@ -259,6 +260,8 @@ class ConnTable:
         }
         if conn.lower_bound:
             out["lower_bound"] = True
+        if self.source == "proc":
+            out["approx"] = True
         return out
 
     # -- views ---------------------------------------------------------------
@@ -285,6 +288,8 @@ class ConnTable:
             }
             if conn.lower_bound:
                 rec["lower_bound"] = True
+            if self.source == "proc":
+                rec["approx"] = True
             yield rec
 
     def current_states(self):
