@@ -34,7 +34,7 @@ def _open_backend(args, ports, lports, rports):
                               family=args.family, ports=ports, lports=lports,
                               rports=rports, pids=args.pid).open()
         except Unavailable as e:
-            if args.backend == "bpf" or os.environ.get("SOCKTRACE_REQUIRE_BPF") == "1":
+            if args.backend == "bpf":
                 raise Failure("eBPF backend unavailable: %s" % e)
             sys.stderr.write("socktrace: eBPF unavailable (%s); polling /proc instead\n" % e)
     try:
