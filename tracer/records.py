@@ -43,6 +43,7 @@ class Formatter:
         self._sec_text = ""
         self._addrs = {}
         self._comms = {}
+        self._pids = {}
 
     def ts(self, mono_ns):
         """RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC time."""
@@ -67,6 +68,12 @@ class Formatter:
             self._addrs[key] = text
         return text
 
+    def pid(self, pid):
+        """0 (unknown) -> None; else one shared int object per pid."""
+        if not pid:
+            return None
+        return self._pids.setdefault(pid, pid)
+
     def comm(self, raw):
         text = self._comms.get(raw)
         if text is None:
@@ -82,6 +89,9 @@ _OWNER = wire.OWNER_FROM
 _REASON = {k: (None if v == "none" else v) for k, v in wire.REASON.items()}
 _VIA = {k: (None if v == "kernel" else v) for k, v in wire.VIA.items()}
 _F_IN_OLD = wire.F_IN_OLD
+# One shared int object per port: the table holds two per connection, and a
+# fresh int from each unpack would cost 28 bytes apiece.
+_PORTS = tuple(range(65536))
 
 
 def decode(fmt, raw, source="bpf"):
@@ -98,13 +108,13 @@ def decode(fmt, raw, source="bpf"):
         "sk": "%x" % sk,
         "family": family,
         "laddr": fmt.addr(family, saddr),
-        "lport": sport,
+        "lport": _PORTS[sport],
         "raddr": fmt.addr(family, daddr),
-        "rport": dport,
+        "rport": _PORTS[dport],
         "old": _NAMES[old],
         "new": _NAMES[new],
         "in_old_ns": in_old if flags & _F_IN_OLD else None,
-        "pid": pid or None,
+        "pid": fmt.pid(pid),
         "comm": fmt.comm(comm) if pid else None,
         "owner_from": _OWNER[owner_from],
         "source": source,

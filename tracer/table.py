@@ -13,35 +13,73 @@ while the old connection still sits in TIME_WAIT.
 """
 
 import random
+import struct
 
 from . import states
 
 _TW_HOLDERS = ("TIME_WAIT", "FIN_WAIT2")
 
 
+_HEAD = struct.Struct("<QQBB")    # since (ns), socket address, state, lower bound
+_STEP = struct.Struct("<BQ")      # state number, ns spent in it
+_NUM = states.NUMBERS
+_NAME = states.NAMES
+_OWNERS = {}                      # (pid, comm, owner_from) -> itself, shared
+
+
+def _owner(pid, comm, how):
+    key = (pid, comm, how)
+    return _OWNERS.setdefault(key, key)
+
+
 class Conn:
-    """One socket.  Slots, and shared strings for addresses and names, keep a
-    million TIME_WAIT entries affordable."""
+    """One socket.  A TIME_WAIT storm puts a million of these in the table,
+    so what changes (the current state, since when, the states left so far
+    with their durations) lives in one packed ``bytes`` blob, and every other
+    slot points at a string, int or owner tuple shared by many connections.
+    Measured by bench/table_memory.py: under 300 bytes per socket."""
 
-    __slots__ = ("sk", "family", "laddr", "lport", "raddr", "rport", "pid", "comm",
-                 "owner_from", "state", "since", "born", "hist", "role", "lower_bound")
+    __slots__ = ("family", "laddr", "lport", "raddr", "rport", "owner", "role", "blob")
 
-    def __init__(self, rec, sk, born):
-        self.sk = sk
+    def __init__(self, rec, sk, since):
         self.family = rec["family"]
         self.laddr = rec["laddr"]
         self.lport = rec["lport"]
         self.raddr = rec["raddr"]
         self.rport = rec["rport"]
-        self.pid = rec["pid"]
-        self.comm = rec["comm"]
-        self.owner_from = rec["owner_from"]
-        self.state = rec["old"]
-        self.since = born
-        self.born = born
-        self.hist = []          # state, ns, state, ns, ... in order
+        self.owner = _owner(rec["pid"], rec["comm"], rec["owner_from"])
         self.role = None
-        self.lower_bound = False
+        self.blob = _HEAD.pack(since, sk, _NUM[rec["old"]], 0)
+
+    pid = property(lambda self: self.owner[0])
+    comm = property(lambda self: self.owner[1])
+    owner_from = property(lambda self: self.owner[2])
+    since = property(lambda self: _HEAD.unpack_from(self.blob)[0])
+    sk = property(lambda self: _HEAD.unpack_from(self.blob)[1])
+    state = property(lambda self: _NAME[self.blob[16]])
+    lower_bound = property(lambda self: bool(self.blob[17]))
+
+    def set_owner(self, pid, comm, how):
+        self.owner = _owner(pid, comm, how)
+
+    def restart(self, since, lower_bound):
+        """Re-base a socket older than the tracer: in its state since at least *since*."""
+        _, sk, state, _ = _HEAD.unpack_from(self.blob)
+        self.blob = _HEAD.pack(since, sk, state, lower_bound) + self.blob[_HEAD.size:]
+
+    def moved(self, ts, old, new, spent):
+        """Left *old* for *new* at *ts* after *spent* ns (None: unknown,
+        nothing recorded)."""
+        blob = self.blob
+        _, sk, _, lb = _HEAD.unpack_from(blob)
+        tail = blob[_HEAD.size:]
+        if spent is not None and old not in ("CLOSE", "LISTEN"):
+            tail += _STEP.pack(_NUM[old], spent)
+        self.blob = _HEAD.pack(ts, sk, _NUM[new], lb) + tail
+
+    def history(self):
+        """[(state name, ns)] of the states left so far, in order."""
+        return [(_NAME[n], ns) for n, ns in _STEP.iter_unpack(self.blob[_HEAD.size:])]
 
     def tuple(self):
         return (self.family, self.laddr, self.lport, self.raddr, self.rport)
@@ -53,7 +91,7 @@ class Reservoir:
 
     __slots__ = ("count", "max", "sample", "size")
 
-    def __init__(self, size=50_000):
+    def __init__(self, size=10_000):
         self.count = 0
         self.max = 0
         self.sample = []
@@ -140,9 +178,9 @@ class ConnTable:
             conn = self._new(rec, ts_ns, sk, twaddr)
 
         if rec["pid"] is None and conn.pid is not None:
-            rec["pid"], rec["comm"], rec["owner_from"] = conn.pid, conn.comm, conn.owner_from
+            rec["pid"], rec["comm"], rec["owner_from"] = conn.owner
         elif rec["pid"] is not None and conn.pid is None:
-            conn.pid, conn.comm, conn.owner_from = rec["pid"], rec["comm"], rec["owner_from"]
+            conn.set_owner(rec["pid"], rec["comm"], rec["owner_from"])
 
         old, new = rec["old"], rec["new"]
         in_old = rec["in_old_ns"]
@@ -156,14 +194,11 @@ class ConnTable:
         key = (old, new)
         self.transitions[key] = self.transitions.get(key, 0) + 1
         if in_old is not None and old not in ("CLOSE", "LISTEN"):
-            conn.hist.append(old)
-            conn.hist.append(in_old)
             res = self.durations.get(old)
             if res is None:
                 res = self.durations[old] = Reservoir()
             res.add(in_old)
-        conn.state = new
-        conn.since = ts_ns
+        conn.moved(ts_ns, old, new, in_old)
 
         if new == "CLOSE":
             if twaddr:
@@ -186,18 +221,15 @@ class ConnTable:
             pid, comm, how, known = self._seed_owner(rec)
             if rec["pid"] is None and pid is not None:
                 rec["pid"], rec["comm"], rec["owner_from"] = pid, comm, how
-                conn.pid, conn.comm, conn.owner_from = pid, comm, how
+                conn.set_owner(pid, comm, how)
             if rec["in_old_ns"] is None:
-                conn.born = conn.since = self.start_ns
-                conn.lower_bound = True
-            else:
-                conn.born = ts_ns - rec["in_old_ns"]
+                conn.restart(self.start_ns, True)
             conn.role = "server" if (rec["family"], rec["laddr"], rec["lport"]) in self.seed_listen else None
         if old == "LISTEN" and rec["pid"] is None:
             pid, comm, how, _ = self._seed_owner(rec)
             if pid is not None:
                 rec["pid"], rec["comm"], rec["owner_from"] = pid, comm, how
-                conn.pid, conn.comm, conn.owner_from = pid, comm, how
+                conn.set_owner(pid, comm, how)
         if len(self.live) + len(self.tw) >= self.cap:
             self._evict()
         if twaddr:
@@ -216,10 +248,10 @@ class ConnTable:
     def _closed(self, conn, rec, ts_ns):
         if conn.role == "listener":
             return None
-        hist = conn.hist
-        path = hist[0::2]
+        hist = conn.history()
+        path = [name for name, _ in hist]
         spent = {}
-        for name, ns in zip(path, hist[1::2]):
+        for name, ns in hist:
             spent[name] = spent.get(name, 0) + ns
         if "FIN_WAIT1" in path:
             first = "local"
@@ -280,7 +312,7 @@ class ConnTable:
                 "rport": conn.rport,
                 "state": conn.state,
                 "in_state_ns": now_ns - conn.since,
-                "age_ns": now_ns - conn.born,
+                "age_ns": now_ns - conn.since + sum(ns for _, ns in conn.history()),
                 "pid": conn.pid,
                 "comm": conn.comm,
                 "owner_from": conn.owner_from,
