@@ -132,7 +132,7 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        sys.stderr.write("socktrace: %s\n(try socktrace -h)\n" % e)
+        sys.stderr.write("socktrace: %s (try socktrace -h)\n" % e)
         return 2
     except SystemExit as e:   # -h / --version
         return e.code or 0

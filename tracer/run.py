@@ -48,7 +48,8 @@ def _snapshot(table):
     """Seed the table with the sockets that exist now, owners included."""
     try:
         from . import owners, procnet
-    except ImportError:
+    except ImportError as e:
+        sys.stderr.write("socktrace: no start-up snapshot: %s\n" % e)
         return
     try:
         socks = procnet.read_tcp()
