@@ -195,3 +195,25 @@ def test_filters():
     assert Filter(comms={"nginx"}, pids={9})(rec) and not Filter(pids={10})(rec)
     with pytest.raises(ValueError, match="not an address or CIDR"):
         parse_cidr("10.0.0.0/99")
+
+
+def test_snapshot_sockets_are_in_the_table_until_they_end(validator):
+    """The table knows the sockets older than the tracer before any event;
+    a snapshot TIME_WAIT leaves when /proc said it would run out."""
+    from collections import namedtuple
+
+    PS = namedtuple("PS", "family laddr lport raddr rport state inode time_left_ns")
+    table = ConnTable(start_ns=1_000)
+    table.seed_from([PS(4, "127.0.0.1", 5432, "127.0.0.1", 40000, S["ESTABLISHED"], 77, 0),
+                     PS(6, "::1", 8080, "::1", 50000, S["TIME_WAIT"], 0, 30_000)],
+                    {77: (4242, "postgres")})
+    fmt = records.Formatter(0)
+    socks = {s["state"]: s for s in table.sockets(11_000, fmt.ts)}
+    assert set(socks) == {"ESTABLISHED", "TIME_WAIT"}
+    est = socks["ESTABLISHED"]
+    assert (est["pid"], est["comm"], est["owner_from"]) == (4242, "postgres", "proc")
+    assert est["in_state_ns"] == 10_000 and est["lower_bound"] is True
+    assert socks["TIME_WAIT"]["owner_from"] == "unknown"
+    for rec in socks.values():
+        validator.validate(rec)
+    assert table.current_states(40_000) == {"ESTABLISHED": 1}      # the TIME_WAIT ran out

@@ -14,6 +14,7 @@ while the old connection still sits in TIME_WAIT.
 
 import random
 import struct
+import time
 
 from . import states
 
@@ -123,7 +124,8 @@ class ConnTable:
         self.source = source
         self.live = {}        # socket address -> Conn
         self.tw = {}          # timewait timer address -> Conn
-        self.seed = {}        # (family, laddr, lport, raddr, rport) -> snapshot entry
+        self.seed = {}        # (family, laddr, lport, raddr, rport) -> Conn from the snapshot
+        self.seed_expires = {}  # same key -> when a snapshot TIME_WAIT runs out (ns)
         self.seed_listen = {}  # (family, laddr, lport) -> (pid, comm)
         self.evicted = 0
         self.transitions = {}  # (old, new) -> count
@@ -142,7 +144,16 @@ class ConnTable:
             pid, comm = owners.get(s.inode, (None, None))
             name = states.NAMES[s.state]
             key = (s.family, s.laddr, s.lport, s.raddr, s.rport)
-            self.seed[key] = (name, pid, comm)
+            conn = Conn({"family": s.family, "laddr": s.laddr, "lport": s.lport,
+                         "raddr": s.raddr, "rport": s.rport, "pid": pid, "comm": comm,
+                         "owner_from": "proc" if pid else "unknown", "old": name},
+                        0, self.start_ns)
+            conn.restart(self.start_ns, True)
+            self.seed[key] = conn
+            if name == "TIME_WAIT":
+                # the kernel never tells us about timewait sockets it had
+                # before we started: /proc gives the time they have left
+                self.seed_expires[key] = self.start_ns + s.time_left_ns
             if name == "LISTEN" and pid:
                 self.seed_listen[(s.family, s.laddr, s.lport)] = (pid, comm)
 
@@ -150,7 +161,8 @@ class ConnTable:
         key = (rec["family"], rec["laddr"], rec["lport"], rec["raddr"], rec["rport"])
         hit = self.seed.pop(key, None)
         if hit is not None:
-            return hit[1], hit[2], "proc", True
+            self.seed_expires.pop(key, None)
+            return hit.pid, hit.comm, hit.owner_from, True
         if rec["old"] == "LISTEN":
             # accepted by a listener that predates us
             fam = rec["family"]
@@ -299,8 +311,10 @@ class ConnTable:
     # -- views ---------------------------------------------------------------
 
     def sockets(self, now_ns, fmt_ts):
-        """The table as ``socket`` records, like ``ss -tanp`` with ages."""
-        for conn in list(self.live.values()) + list(self.tw.values()):
+        """The table as ``socket`` records, like ``ss -tanp`` with ages.
+        Sockets known only from the start-up snapshot (no event yet) have
+        ``sk`` "0": /proc does not show socket addresses."""
+        for conn in self._all(now_ns):
             rec = {
                 "type": "socket",
                 "ts": fmt_ts(now_ns),
@@ -324,9 +338,16 @@ class ConnTable:
                 rec["approx"] = True
             yield rec
 
-    def current_states(self):
+    def _all(self, now_ns):
+        for key, end in list(self.seed_expires.items()):
+            if end <= now_ns:
+                del self.seed_expires[key]
+                self.seed.pop(key, None)
+        return list(self.live.values()) + list(self.tw.values()) + list(self.seed.values())
+
+    def current_states(self, now_ns=None):
         counts = {}
-        for conn in list(self.live.values()) + list(self.tw.values()):
+        for conn in self._all(now_ns if now_ns is not None else time.monotonic_ns()):
             counts[conn.state] = counts.get(conn.state, 0) + 1
         return counts
 
