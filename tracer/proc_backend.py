@@ -249,18 +249,11 @@ class ProcBackend:
     def _read_file(self, family):
         path = self._paths[family]
         try:
-            with open(path, "rb", buffering=0) as f:
-                chunks = []
-                while True:
-                    chunk = f.read(1 << 20)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
+            return procnet.read_file(path)
         except FileNotFoundError:
             return b""
         except OSError as e:
             raise _failure("cannot read %s: %s" % (path, e.strerror or e))
-        return b"".join(chunks)
 
     def _scan(self, family, data):
         if not data:

@@ -547,16 +547,24 @@ def read_tcp(proc_root="/proc", families=(4, 6)):
         else:
             raise ValueError("family must be 4 or 6, not %r" % (family,))
         try:
-            # Unbuffered, large reads: seq_file fills as much of each read()
-            # as it can, so Python's 8 KiB buffering would only add copies.
-            with open(path, "rb", buffering=0) as f:
-                chunks = []
-                while True:
-                    chunk = f.read(1 << 20)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
+            data = read_file(path)
         except FileNotFoundError:
             continue
-        out.extend(parse_tcp(b"".join(chunks), family, path))
+        out.extend(parse_tcp(data, family, path))
     return out
+
+
+def read_file(path):
+    """The whole of a /proc file as bytes.
+
+    Unbuffered, large reads: seq_file fills as much of each read() as it
+    can, so Python's 8 KiB buffering would only add copies.
+    """
+    with open(path, "rb", buffering=0) as f:
+        chunks = []
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
