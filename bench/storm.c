@@ -8,7 +8,8 @@
  *
  *   storm (parent: coordinator, prints the JSON line, owns no sockets)
  *     +-- server worker(s): own the listeners, epoll accept loop
- *     +-- client worker(s): non-blocking connect() storm with epoll
+ *     +-- client worker(s): non-blocking connect() storm (the loopback handshake
+ *         normally completes inside connect(); epoll catches the rest)
  *
  * Listener ports base..base+P-1 are split over the workers by index:
  * port i belongs to server (i % servers) and is used by client (i % clients).
@@ -22,6 +23,10 @@
  *   server  server close()s right after accept; client reads EOF, close()s.
  *   reset   client sets SO_LINGER {1,0} and close()s right after connect (RST);
  *           server reads (ECONNRESET or EOF) and close()s.
+ *
+ * At the end the coordinator waits (--settle, bounded) until sock_diag shows no
+ * socket on the storm's ports in any state but TIME_WAIT, so every
+ * inet_sock_set_state transition of the storm has happened when it exits.
  *
  * Build: gcc -O2 -Wall -o storm storm.c     (bench/storm.py does this for you)
  * Output: one JSON line on stdout; diagnostics on stderr.
@@ -39,6 +44,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -87,6 +95,7 @@ struct opts {
     int clients, servers;
     double drain;
     double timeout;
+    double settle;
     int verbose;
 };
 
@@ -291,9 +300,13 @@ static int server_main(int idx)
                         break;
                     }
                     s_accepted++;
+                    if (c >= MAX_FD) {        /* cannot happen: RLIMIT_NOFILE < MAX_FD */
+                        close(c); s_rerr++; s_closed++; s_closed_port[p]++;
+                        atomic_store_explicit(&sh->closed_by_port[p], s_closed_port[p], memory_order_release);
+                        continue;
+                    }
                     s_open++;
                     s_port[c] = (int16_t)p;
-                    if (c >= MAX_FD) { s_rerr++; srv_close(c); continue; }   /* cannot happen */
                     if (o.mode == M_SERVER) srv_close(c);
                     else s_pending[s_npending++] = c;
                 }
@@ -641,6 +654,57 @@ static void read_cpu(unsigned long long *busy, unsigned long long *total)
     fclose(f);
 }
 
+/*
+ * Sockets of this storm (a listener port at either end) that the kernel has
+ * not finished yet: any state but CLOSE, TIME_WAIT and LISTEN. Uses
+ * NETLINK_SOCK_DIAG (the kernel filters by state, cheap even with 100k
+ * TIME_WAIT sockets). Returns -1 if the dump fails.
+ */
+static const char *tcp_state_names[] = {
+    "?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+    "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+};
+static long unsettled_by_state[13];
+
+static long count_unsettled(void)
+{
+    memset(unsettled_by_state, 0, sizeof unsettled_by_state);
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) return -1;
+    struct {
+        struct nlmsghdr nlh;
+        struct inet_diag_req_v2 r;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.nlh.nlmsg_len = sizeof req;
+    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = o.family == 4 ? AF_INET : AF_INET6;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 0xfff & ~((1u << 6) | (1u << 7) | (1u << 10));   /* not TW, CLOSE, LISTEN */
+    struct sockaddr_nl nl = { .nl_family = AF_NETLINK };
+    if (sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&nl, sizeof nl) < 0) { close(fd); return -1; }
+    static char buf[65536];
+    long n = 0;
+    for (int rounds = 0; rounds < 100000; rounds++) {       /* bounded */
+        ssize_t len = recv(fd, buf, sizeof buf, 0);
+        if (len <= 0) { close(fd); return -1; }
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type == NLMSG_DONE) { close(fd); return n; }
+            if (h->nlmsg_type == NLMSG_ERROR) { close(fd); return -1; }
+            struct inet_diag_msg *m = NLMSG_DATA(h);
+            int sp = ntohs(m->id.idiag_sport), dp = ntohs(m->id.idiag_dport);
+            if ((sp >= o.base_port && sp < o.base_port + o.ports) ||
+                (dp >= o.base_port && dp < o.base_port + o.ports)) {
+                n++;
+                if (m->idiag_state < 13) unsettled_by_state[m->idiag_state]++;
+            }
+        }
+    }
+    close(fd);
+    return -1;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -661,6 +725,8 @@ static void usage(FILE *f)
 "  --servers N         server worker processes (default 1, cap %d)\n"
 "  --drain S           seconds to wait for in-flight connections after the stop (default 5)\n"
 "  --timeout S         per-connection timeout, counted as failed (default 10)\n"
+"  --settle S          at the end, wait up to S s until the kernel has finished every connection\n"
+"                      of the storm (no socket left but TIME_WAIT), via sock_diag (default 3)\n"
 "  --verbose           progress on stderr\n"
 "  --help\n",
         CAP_COUNT, CAP_SECONDS, CAP_CONCURRENCY, CAP_PORTS, CAP_SOURCES, CAP_WORKERS, CAP_WORKERS);
@@ -716,14 +782,14 @@ int main(int argc, char **argv)
 {
     o.mode = M_CLIENT; o.family = 4; o.count = 100000; o.seconds = 60; o.rate = 0;
     o.concurrency = 2048; o.ports = 16; o.base_port = 21000; o.sources = 32;
-    o.clients = 2; o.servers = 1; o.drain = 5; o.timeout = 10;
+    o.clients = 2; o.servers = 1; o.drain = 5; o.timeout = 10; o.settle = 3;
 
     static struct option lo[] = {
         {"close", 1, 0, 'm'}, {"family", 1, 0, 'f'}, {"count", 1, 0, 'n'},
         {"seconds", 1, 0, 's'}, {"rate", 1, 0, 'r'}, {"concurrency", 1, 0, 'k'},
         {"ports", 1, 0, 'p'}, {"base-port", 1, 0, 'b'}, {"sources", 1, 0, 'S'},
         {"clients", 1, 0, 'C'}, {"servers", 1, 0, 'V'}, {"drain", 1, 0, 'd'},
-        {"timeout", 1, 0, 't'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}
+        {"timeout", 1, 0, 't'}, {"settle", 1, 0, 'e'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}
     };
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -748,6 +814,7 @@ int main(int argc, char **argv)
         case 'V': o.servers = (int)parse_num("servers", optarg, 1, CAP_WORKERS); break;
         case 'd': o.drain = parse_num("drain", optarg, 0, CAP_DRAIN); break;
         case 't': o.timeout = parse_num("timeout", optarg, 0.1, CAP_TIMEOUT); break;
+        case 'e': o.settle = parse_num("settle", optarg, 0, CAP_DRAIN); break;
         case 'v': o.verbose = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -842,6 +909,15 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.clients; i++) if (cpids[i] < 0) cpids[i] = -cpids[i];
     atomic_store(&sh->clients_done, 1);
     killed += wait_all(spids, o.servers, now_mono() + o.drain + 5.0);
+    /* settle: wait (bounded) until the kernel has finished every connection
+     * of this storm, so that all its state transitions have happened */
+    double t_settle = now_mono();
+    long unsettled = count_unsettled();
+    while (unsettled != 0 && now_mono() - t_settle < o.settle && !atomic_load(&sh->stop)) {
+        usleep(20000);
+        unsettled = count_unsettled();
+    }
+    double settle_secs = now_mono() - t_settle;
     read_all_net(net1);
     read_cpu(&cpu_b1, &cpu_t1);
     double t_finish = now_mono();
@@ -875,6 +951,11 @@ int main(int argc, char **argv)
     double secs = tl > tf ? tl - tf : 0.0;
     int tpc = o.mode == M_RESET ? TRANSITIONS_RESET : (o.mode == M_SERVER ? TRANSITIONS_SERVER : TRANSITIONS_CLIENT);
     static const char *stop_names[] = { "none", "count", "seconds", "signal" };
+    char ustates[512] = "";
+    for (int i = 0, w = 0; i < 13; i++)
+        if (unsettled_by_state[i] > 0 && w < (int)sizeof ustates - 40)
+            w += snprintf(ustates + w, sizeof ustates - w, "%s\"%s\": %ld", w ? ", " : "",
+                          tcp_state_names[i], unsettled_by_state[i]);
 
     printf("{\"connections\": %llu, \"completed\": %llu, \"failed\": %llu, \"seconds\": %.3f, \"rate\": %.1f, "
            "\"mode\": \"%s\", \"family\": %d, \"expected_transitions\": %llu, "
@@ -890,11 +971,11 @@ int main(int argc, char **argv)
            "\"server_read_errors\": %llu, "
            "\"errors\": {\"addrnotavail\": %llu, \"refused\": %llu, \"timeout\": %llu, \"other\": %llu}, "
            "\"paths\": {\"connect_inline\": %llu, \"connect_epoll\": %llu, \"server_eof_first_read\": %llu, \"server_eof_epoll\": %llu}, "
-           "\"stopped_by\": \"%s\", \"killed\": %d, "
+           "\"stopped_by\": \"%s\", \"killed\": %d, \"unsettled\": %ld, \"unsettled_states\": {%s}, \"settle_seconds\": %.3f, "
            "\"cpu\": {\"wall\": %.3f, \"workers_user\": %.3f, \"workers_sys\": %.3f, \"machine_busy\": %.3f, \"ncpu\": %ld}, "
            "\"config\": {\"count\": %llu, \"seconds\": %g, \"rate\": %g, \"concurrency\": %d, \"ports\": %d, "
            "\"base_port\": %d, \"sources\": %d, \"clients\": %d, \"servers\": %d}, \"netstat_delta\": {",
-           connected, acc, sclosed, forced, rerr, ana, ref, to, oth, p_cin, p_cep, p_sfirst, p_sepoll, stop_names[stopped_by], killed,
+           connected, acc, sclosed, forced, rerr, ana, ref, to, oth, p_cin, p_cep, p_sfirst, p_sepoll, stop_names[stopped_by], killed, unsettled, ustates, settle_secs,
            t_finish - t_clients, ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6,
            ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6, (double)(cpu_b1 - cpu_b0) / hz,
            sysconf(_SC_NPROCESSORS_ONLN),

@@ -137,6 +137,12 @@ notes:
     p.add_argument("--timeout", type=bounded_float(0.1, 60), default=10.0,
                    help="per-connection timeout; a connection older than this is closed and "
                         "counted failed (default 10)")
+    p.add_argument("--settle", type=bounded_float(0, 60), default=3.0,
+                   help="at the end, wait up to S s until the kernel has finished every "
+                        "connection of the storm (no socket on the storm's ports left in any "
+                        "state but TIME_WAIT; checked with sock_diag), so that all "
+                        "expected_transitions have happened when storm exits; 'unsettled' in "
+                        "the result counts the sockets still left (default 3)")
     p.add_argument("--verbose", action="store_true", help="progress on stderr once a second")
     p.add_argument("--build-only", action="store_true",
                    help="compile (if needed), print the binary path and exit")
@@ -163,7 +169,8 @@ def main(argv=None):
            "--clients", str(args.clients),
            "--servers", str(args.servers),
            "--drain", repr(args.drain),
-           "--timeout", repr(args.timeout)]
+           "--timeout", repr(args.timeout),
+           "--settle", repr(args.settle)]
     if args.verbose:
         cmd.append("--verbose")
     sys.stdout.flush()
