@@ -655,8 +655,9 @@ static void read_cpu(unsigned long long *busy, unsigned long long *total)
 }
 
 /*
- * Sockets of this storm (a listener port at either end) that the kernel has
- * not finished yet: any state but CLOSE, TIME_WAIT and LISTEN. Uses
+ * Full (or request) sockets of this storm (a listener port at either end)
+ * that the kernel has not finished yet: any state but CLOSE, TIME_WAIT and
+ * LISTEN; timewait socks in any substate do not count. Uses
  * NETLINK_SOCK_DIAG (the kernel filters by state, cheap even with 100k
  * TIME_WAIT sockets). Returns -1 if the dump fails.
  */
@@ -693,6 +694,10 @@ static long count_unsettled(void)
             if (h->nlmsg_type == NLMSG_DONE) { close(fd); return n; }
             if (h->nlmsg_type == NLMSG_ERROR) { close(fd); return -1; }
             struct inet_diag_msg *m = NLMSG_DATA(h);
+            /* timewait socks (idiag_timer 3) are reported with their substate,
+             * FIN_WAIT2 for an orphan that went to timewait from FIN_WAIT2:
+             * their full socket has already gone to CLOSE, skip them */
+            if (m->idiag_timer == 3) continue;
             int sp = ntohs(m->id.idiag_sport), dp = ntohs(m->id.idiag_dport);
             if ((sp >= o.base_port && sp < o.base_port + o.ports) ||
                 (dp >= o.base_port && dp < o.base_port + o.ports)) {

@@ -139,8 +139,8 @@ notes:
                         "counted failed (default 10)")
     p.add_argument("--settle", type=bounded_float(0, 60), default=3.0,
                    help="at the end, wait up to S s until the kernel has finished every "
-                        "connection of the storm (no socket on the storm's ports left in any "
-                        "state but TIME_WAIT; checked with sock_diag), so that all "
+                        "connection of the storm (no full socket on the storm's ports left in "
+                        "any state but TIME_WAIT/CLOSE; checked with sock_diag), so that all "
                         "expected_transitions have happened when storm exits; 'unsettled' in "
                         "the result counts the sockets still left (default 3)")
     p.add_argument("--verbose", action="store_true", help="progress on stderr once a second")
