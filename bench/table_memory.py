@@ -7,7 +7,7 @@ the records the kernel side sends) through decode and the table, then
 prints the growth of the process's resident set divided by N.
 Target (issue 3): under 300 bytes per socket on top of the interpreter.
 """
-import gc, os, sys, time, tracemalloc
+import gc, os, sys, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tracer import records, states, wire
 from tracer.table import ConnTable

@@ -54,27 +54,18 @@ from workload import Worker, connection, free_port
 CONNECT = ("CLOSE", "SYN_SENT")
 ACCEPT = ("LISTEN", "SYN_RECV")
 
+# the side that closes first ends in TIME_WAIT; the other goes through CLOSE_WAIT
+ACTIVE_CLOSE = [("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "TIME_WAIT")]
+PASSIVE_CLOSE = [("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE")]
+CLIENT_OPEN = [CONNECT, ("SYN_SENT", "ESTABLISHED")]
+SERVER_OPEN = [ACCEPT, ("SYN_RECV", "ESTABLISHED")]
+
 EXPECTED = {
-    "client-first": {
-        "client": [CONNECT, ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
-                   ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "TIME_WAIT")],
-        "server": [ACCEPT, ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
-                   ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE")],
-    },
+    "client-first": {"client": CLIENT_OPEN + ACTIVE_CLOSE, "server": SERVER_OPEN + PASSIVE_CLOSE},
     # the same transitions; the client's FIN is ACKed alone and it waits in
     # FIN_WAIT2, held by a timewait socket, for the server's FIN
-    "client-first-late": {
-        "client": [CONNECT, ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
-                   ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "TIME_WAIT")],
-        "server": [ACCEPT, ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
-                   ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE")],
-    },
-    "server-first": {
-        "client": [CONNECT, ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
-                   ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE")],
-        "server": [ACCEPT, ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
-                   ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "TIME_WAIT")],
-    },
+    "client-first-late": {"client": CLIENT_OPEN + ACTIVE_CLOSE, "server": SERVER_OPEN + PASSIVE_CLOSE},
+    "server-first": {"client": CLIENT_OPEN + PASSIVE_CLOSE, "server": SERVER_OPEN + ACTIVE_CLOSE},
     "reset": {
         "client": [CONNECT, ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "CLOSE")],
         "server": [ACCEPT, ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE")],
@@ -658,7 +649,7 @@ def test_connection_older_than_tracer(workers, tmp_path):
         cli.call("finish", id=conn["client"]["id"], mode="close")
         srv.reply()
         srv.call("unlisten", port=port)
-        c, s = conn["client"], conn["server"]
+        c = conn["client"]
 
         def done(evs):
             return (any(e.get("type") == "closed" and e["lport"] == port and e["rport"] == c["lport"]

@@ -5,7 +5,6 @@ real /proc for the current process."""
 import doctest
 import os
 import socket
-import sys
 import time
 
 import pytest

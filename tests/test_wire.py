@@ -1,7 +1,6 @@
 """The Python decoder against the C header: same size, same offsets."""
 
 import shutil
-import struct
 import subprocess
 
 import pytest

@@ -13,12 +13,10 @@ auto`` can fall back to /proc and ``--backend bpf`` can fail clearly.
 """
 
 import ctypes
-import errno
 import mmap
 import os
 import platform
 import struct
-import time
 
 from . import wire
 
@@ -31,7 +29,6 @@ _HDR = struct.Struct("<II")
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _REC = wire.EVENT.size
-_REC_STRIDE = (_REC + 8 + 7) & ~7
 
 
 class Unavailable(Exception):

@@ -6,10 +6,7 @@ one-line message for anything the host or the user got wrong at run time.
 """
 
 import argparse
-import os
-import signal
 import sys
-import time
 
 from . import __version__, states
 

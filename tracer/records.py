@@ -29,7 +29,7 @@ SOCKET = "socket"
 SUMMARY = "summary"
 
 
-def wall_offset_ns():
+def monotonic_to_wall_ns():
     """CLOCK_REALTIME - CLOCK_MONOTONIC: kernel timestamps are monotonic."""
     return time.time_ns() - time.monotonic_ns()
 
@@ -38,7 +38,8 @@ class Formatter:
     """Caches for the strings every record repeats."""
 
     def __init__(self, wall_offset_ns=None):
-        self.wall_offset = wall_offset_ns if wall_offset_ns is not None else globals()["wall_offset_ns"]()
+        self.wall_offset = (monotonic_to_wall_ns() if wall_offset_ns is None
+                            else wall_offset_ns)
         self._sec = -1
         self._sec_text = ""
         self._addrs = {}
@@ -89,6 +90,7 @@ _OWNER = wire.OWNER_FROM
 _REASON = {k: (None if v == "none" else v) for k, v in wire.REASON.items()}
 _VIA = {k: (None if v == "kernel" else v) for k, v in wire.VIA.items()}
 _F_IN_OLD = wire.F_IN_OLD
+_KIND_STATE = wire.KIND_STATE
 # One shared int object per port: the table holds two per connection, and a
 # fresh int from each unpack would cost 28 bytes apiece.
 _PORTS = tuple(range(65536))
@@ -103,7 +105,7 @@ def decode(fmt, raw, source="bpf"):
     (ts_ns, sk, twaddr, in_old, saddr, daddr, pid, sport, dport, family,
      old, new, owner_from, flags, reason, via, kind, comm) = raw
     rec = {
-        "type": STATE if kind == 0 else "handoff",
+        "type": STATE if kind == _KIND_STATE else "handoff",
         "ts": fmt.ts(ts_ns),
         "sk": "%x" % sk,
         "family": family,

@@ -18,8 +18,6 @@ import time
 
 from . import states
 
-_TW_HOLDERS = ("TIME_WAIT", "FIN_WAIT2")
-
 
 _HEAD = struct.Struct("<QQBB")    # since (ns), socket address, state, lower bound
 _STEP = struct.Struct("<BQ")      # state number, ns spent in it
@@ -81,9 +79,6 @@ class Conn:
     def history(self):
         """[(state name, ns)] of the states left so far, in order."""
         return [(_NAME[n], ns) for n, ns in _STEP.iter_unpack(self.blob[_HEAD.size:])]
-
-    def tuple(self):
-        return (self.family, self.laddr, self.lport, self.raddr, self.rport)
 
 
 class Reservoir:
@@ -162,15 +157,15 @@ class ConnTable:
         hit = self.seed.pop(key, None)
         if hit is not None:
             self.seed_expires.pop(key, None)
-            return hit.pid, hit.comm, hit.owner_from, True
+            return hit.pid, hit.comm, hit.owner_from
         if rec["old"] == "LISTEN":
             # accepted by a listener that predates us
             fam = rec["family"]
             for laddr in (rec["laddr"], "0.0.0.0" if fam == 4 else "::", "::"):
                 owner = self.seed_listen.get((fam, laddr, rec["lport"]))
                 if owner:
-                    return owner[0], owner[1], "listener", False
-        return None, None, "unknown", False
+                    return owner[0], owner[1], "listener"
+        return None, None, "unknown"
 
     # -- the stream ----------------------------------------------------------
 
@@ -230,7 +225,7 @@ class ConnTable:
             conn.role = "server"
         else:
             # a socket older than the tracer
-            pid, comm, how, known = self._seed_owner(rec)
+            pid, comm, how = self._seed_owner(rec)
             if rec["pid"] is None and pid is not None:
                 rec["pid"], rec["comm"], rec["owner_from"] = pid, comm, how
                 conn.set_owner(pid, comm, how)
@@ -238,7 +233,7 @@ class ConnTable:
                 conn.restart(self.start_ns, True)
             conn.role = "server" if (rec["family"], rec["laddr"], rec["lport"]) in self.seed_listen else None
         if old == "LISTEN" and rec["pid"] is None:
-            pid, comm, how, _ = self._seed_owner(rec)
+            pid, comm, how = self._seed_owner(rec)
             if pid is not None:
                 rec["pid"], rec["comm"], rec["owner_from"] = pid, comm, how
                 conn.set_owner(pid, comm, how)

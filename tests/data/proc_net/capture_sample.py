@@ -6,7 +6,7 @@ Run as root in a fresh network namespace (see README.md):
 
 OUT/capture.json gets the inodes seen with fstat() at capture time.
 """
-import json, os, shutil, socket, sys, time
+import json, os, socket, sys, time
 
 out = sys.argv[1]
 info = {}
