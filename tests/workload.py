@@ -95,6 +95,25 @@ def free_port(family=4):
 # ---------------------------------------------------------------------------
 
 
+
+def _holders(port):
+    """What /proc/net/tcp{,6} shows on *port*: state and the other end, so a
+    4-tuple that cannot be reused says who holds it."""
+    if not port:
+        return "?"
+    want = ":%04X" % port
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            with open("/proc/net/" + name) as f:
+                for line in list(f)[1:]:
+                    parts = line.split()
+                    if parts[1].endswith(want) or parts[2].endswith(want):
+                        out.append("%s %s->%s st=%s tr=%s" % (name, parts[1], parts[2], parts[3], parts[5]))
+        except OSError:
+            pass
+    return "; ".join(out) or "none"
+
 class _Worker:
     def __init__(self):
         self.listeners = {}   # port -> listening socket
@@ -173,13 +192,18 @@ class _Worker:
     def op_connect(self, cmd):
         fam = cmd.get("family", 4)
         mode = cmd["mode"]
-        s = socket.socket(AF[fam], socket.SOCK_STREAM)
-        if cmd.get("reuseaddr"):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if cmd.get("bind_port"):
-            s.bind((LOOPBACK[fam], cmd["bind_port"]))
-        s.settimeout(IO_TIMEOUT)
         dest = (LOOPBACK[fam], cmd["port"])
+
+        def fresh():
+            s = socket.socket(AF[fam], socket.SOCK_STREAM)
+            if cmd.get("reuseaddr"):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if cmd.get("bind_port"):
+                s.bind((LOOPBACK[fam], cmd["bind_port"]))
+            s.settimeout(IO_TIMEOUT)
+            return s
+
+        s = fresh()
         if mode == "refused":
             # Non-blocking, so that the local port the kernel picked can be
             # read before the RST arrives: the exact 4-tuple, for the tests.
@@ -198,10 +222,16 @@ class _Worker:
                 s.connect(dest)
                 break
             except OSError as e:
-                # an explicit bind_port may still be held by TIME_WAIT: retry
-                if i == attempts - 1 or e.errno not in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
+                # an explicit bind_port may still be held by TIME_WAIT: retry,
+                # on a new socket (a failed connect leaves its bind state reset)
+                s.close()
+                if e.errno not in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
                     raise
+                if i == attempts - 1:
+                    raise OSError(e.errno, "%s; sockets on port %s: %s" % (
+                        e.strerror, cmd.get("bind_port"), _holders(cmd.get("bind_port"))))
                 time.sleep(0.1)
+                s = fresh()
         out = self._tuple(s, fam)
         if mode in ("client-first", "client-first-late"):
             s.close()
