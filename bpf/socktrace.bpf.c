@@ -18,6 +18,7 @@
  *   ST_FIN_TIMEOUT      net.ipv4.tcp_fin_timeout in seconds
  *   ST_FILTER_FAMILY    4 or 6: emit only that family
  *   ST_FILTER_PORTS     port_filter bitmap is in use
+ *   ST_FILTER_LPORTS    ... and holds local-port (--lport) entries
  *   ST_FILTER_PIDS      pid_filter set is in use
  */
 #include "socktrace.h"
@@ -172,15 +173,19 @@ static __always_inline int wanted(const struct st_event *e)
  * so user space can say exactly how many records were lost. */
 static __always_inline void emit(void *ctx, const struct st_event *src)
 {
+	int derived = src->flags & ST_F_DERIVED;
+
 	if (!wanted(src))
 		return;
 #ifdef ST_USE_PERFBUF
-	if (events.perf_submit(ctx, (void *)src, sizeof(*src)) < 0)
-		count(ST_CNT_RINGBUF_LOST);
+	if (events.perf_submit(ctx, (void *)src, sizeof(*src)) < 0) {
+		count(derived ? ST_CNT_DERIVED_LOST : ST_CNT_RINGBUF_LOST);
+		return;
+	}
 #else
 	struct st_event *e = events.ringbuf_reserve(sizeof(*e));
 	if (!e) {
-		count(ST_CNT_RINGBUF_LOST);
+		count(derived ? ST_CNT_DERIVED_LOST : ST_CNT_RINGBUF_LOST);
 		return;
 	}
 	__builtin_memcpy(e, src, sizeof(*e));
@@ -188,6 +193,8 @@ static __always_inline void emit(void *ctx, const struct st_event *src)
 	 * costs far less than a wake-up for every transition. */
 	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 #endif
+	if (derived)
+		count(ST_CNT_DERIVED_SENT);
 }
 
 static __always_inline __u8 read_substate(__u64 timer)
@@ -240,7 +247,7 @@ static __always_inline void tw_promote(void *ctx, struct st_tw *tw, __u64 ts, __
 	tw->ev.oldstate = TCP_FIN_WAIT2;
 	tw->ev.newstate = TCP_TIME_WAIT;
 	tw->ev.in_old_ns = ts - tw->state_ts;
-	tw->ev.flags = ST_F_IN_OLD;
+	tw->ev.flags = ST_F_IN_OLD | ST_F_DERIVED;
 	tw->ev.via = via;
 	tw->ev.reason = ST_REASON_NONE;
 	tw->ev.kind = ST_KIND_STATE;
@@ -284,7 +291,7 @@ static __always_inline void tw_end(void *ctx, struct st_cancel *pc)
 	tw->ev.oldstate = tw->substate;
 	tw->ev.newstate = TCP_CLOSE;
 	tw->ev.in_old_ns = pc->ts - tw->state_ts;
-	tw->ev.flags = ST_F_IN_OLD;
+	tw->ev.flags = ST_F_IN_OLD | ST_F_DERIVED;
 	tw->ev.via = ST_VIA_TIMER;
 	tw->ev.reason = pc->reason;
 	tw->ev.kind = ST_KIND_STATE;
@@ -313,10 +320,51 @@ static __always_inline int settle_cancel(void *ctx, __u64 timer)
 
 /* ---- sock:inet_sock_set_state -------------------------------------------- */
 
+/* The family and port filters, before any book-keeping: a socket they
+ * reject costs one array lookup per transition, nothing more.  A client's
+ * CLOSE->SYN_SENT has no local port yet: with an --lport filter it passes,
+ * to record the owner, and the socket's later CLOSE then clears it. */
+static __always_inline int filtered_out(__u64 sk, int new, __u16 sport, __u16 dport,
+					__u16 family)
+{
+#ifdef ST_FILTER_FAMILY
+	if ((family == ST_AF_INET6 ? 6 : 4) != ST_FILTER_FAMILY)
+		goto out;
+#endif
+#ifdef ST_FILTER_PORTS
+	int lp = sport, rp = dport;
+	__u8 *l = port_filter.lookup(&lp), *r = port_filter.lookup(&rp);
+	__u8 lb = l ? *l : 0, rb = r ? *r : 0;
+	if ((lb & 1) || (rb & 1) || (lb & 2) || (rb & 4))
+		return 0;
+#ifdef ST_FILTER_LPORTS
+	if (!sport)
+		return 0;
+#endif
+	goto out;
+#endif
+	return 0;
+out: __attribute__((unused));
+	if (new == TCP_CLOSE) {
+		int zero = 0;
+		struct st_arm *arm = pending_arm.lookup(&zero);
+		/* its timewait arm, if any, must not be taken by another socket */
+		if (arm)
+			arm->timer = 0;
+#ifdef ST_FILTER_LPORTS
+		socks.delete(&sk);
+#endif
+	}
+	return 1;
+}
+
 static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 					__u16 sport, __u16 dport, __u16 family,
 					const __u8 *saddr6, const __u8 *daddr6)
 {
+	if (filtered_out(sk, new, sport, dport, family))
+		return 0;
+
 	__u64 now = bpf_ktime_get_ns();
 	struct st_sock *si = socks.lookup(&sk);
 	struct st_event e = {};

@@ -43,15 +43,20 @@ enum st_via {
 };
 
 enum st_flags {
-	ST_F_IN_OLD = 1,	/* in_old_ns is valid (we saw the old state begin) */
+	ST_F_IN_OLD  = 1,	/* in_old_ns is valid (we saw the old state begin) */
+	ST_F_DERIVED = 2,	/* worked out from timers or the peer, not one
+				 * sock:inet_sock_set_state hit of its own */
 };
 
 /* Kernel-side counters (per-CPU array indexes), read by user space. */
 enum st_counter {
-	ST_CNT_RINGBUF_LOST = 0,	/* records that did not fit the ring buffer */
+	ST_CNT_RINGBUF_LOST = 0,	/* transition records that did not fit the ring buffer */
 	ST_CNT_SOCKS_FULL   = 1,	/* sockets whose timestamps/owner did not fit */
 	ST_CNT_TW_FULL      = 2,	/* timewait sockets that could not be tracked */
-	ST_NR_COUNTERS      = 3,
+	ST_CNT_DERIVED_LOST = 3,	/* ST_F_DERIVED records that did not fit */
+	ST_CNT_DERIVED_SENT = 4,	/* ST_F_DERIVED records submitted (not a loss):
+					 * lets user space split what it received */
+	ST_NR_COUNTERS      = 5,
 };
 
 struct st_event {

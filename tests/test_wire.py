@@ -81,5 +81,7 @@ def test_enums_come_from_the_header():
     assert wire.OWNER_FROM == {0: "unknown", 1: "connect", 2: "listen", 3: "listener"}
     assert wire.REASON == {0: "none", 1: "expired", 2: "reused", 3: "killed"}
     assert wire.VIA == {0: "kernel", 1: "timer", 2: "peer"}
-    assert wire.COUNTERS == {0: "ringbuf_lost", 1: "socks_full", 2: "tw_full"}
+    assert wire.COUNTERS == {0: "ringbuf_lost", 1: "socks_full", 2: "tw_full",
+                             3: "derived_lost", 4: "derived_sent"}
+    assert "derived_sent" not in wire.LOSS_COUNTERS and "missed" in wire.LOSS_COUNTERS
     assert wire.COMM_LEN == 16

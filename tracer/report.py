@@ -34,5 +34,9 @@ def render(summary, lost):
     lines.append("  sockets now: %s" % (now or "none"))
     if summary.get("evicted"):
         lines.append("  evicted from the table (cap reached): %d" % summary["evicted"])
+    rec = summary.get("records")
+    if rec:
+        lines.append("  records from the kernel: %d (%d worked out from timers or the peer)"
+                     % (rec["received"], rec["derived"]))
     lines.append("  lost: %s" % (", ".join("%s %d" % kv for kv in lost.items()) or "none"))
     return "\n".join(lines) + "\n"

@@ -60,6 +60,31 @@ def _snapshot(table):
     table.seed_from(socks, resolved)
 
 
+class Pipeline:
+    """decode -> connection table -> filter, for one batch of backend items;
+    the rest of the loop only moves batches.  bench/hotpath.py times this
+    same code on recorded-shape events."""
+
+    def __init__(self, fmt, table, want, source):
+        self.fmt, self.table, self.want, self.source = fmt, table, want, source
+        self.raw = source == "bpf"     # the proc backend hands over decoded items
+
+    def feed(self, batch):
+        """The records to write for *batch*, in order."""
+        out = []
+        append = out.append
+        decode, fmt, source = records.decode, self.fmt, self.source
+        apply, want, raw = self.table.apply, self.want, self.raw
+        for item in batch:
+            rec, ts_ns, sk, twaddr = decode(fmt, item, source) if raw else item
+            closed = apply(rec, ts_ns, sk, twaddr)
+            if rec["type"] == "state" and (want is None or want(rec)):
+                append(rec)
+            if closed is not None and (want is None or want(closed)):
+                append(closed)
+        return out
+
+
 class _Flags:
     def __init__(self):
         self.stop = False
@@ -100,22 +125,15 @@ def run(args, ports=(), lports=(), rports=()):
     lost_total = {}
     deadline = time.monotonic() + args.duration if args.duration else None
     next_dump = time.monotonic() + args.dump_every if args.dump_every else None
-    decode = records.decode
-    apply = table.apply
-    raw_input = source == "bpf"
+    feed = Pipeline(fmt, table, want, source).feed
     evicted_seen = [0]
+    received = [0]
 
     def pump():
         """One read: everything that arrived, through the pipeline, written."""
         batch = backend.read()
-        out = []
-        for item in batch:
-            rec, ts_ns, sk, twaddr = decode(fmt, item, source) if raw_input else item
-            closed = apply(rec, ts_ns, sk, twaddr)
-            if rec["type"] == "state" and (want is None or want(rec)):
-                out.append(rec)
-            if closed is not None and (want is None or want(closed)):
-                out.append(closed)
+        received[0] += len(batch)
+        out = feed(batch)
         lost = backend.lost()
         if table.evicted != evicted_seen[0]:
             lost["table_evicted"] = table.evicted - evicted_seen[0]
@@ -128,6 +146,16 @@ def run(args, ports=(), lports=(), rports=()):
         sink.write(out)
         sink.check()
         return len(batch)
+
+    def summarize():
+        s = table.summary(fmt.ts(time.monotonic_ns()))
+        derived = getattr(backend, "derived", None)
+        src = s.pop("source")       # stays last, as in the schema
+        s["records"] = {"received": received[0],
+                        "derived": derived() if derived else 0,
+                        "lost": dict(lost_total)}
+        s["source"] = src
+        return s
 
     try:
         try:
@@ -148,7 +176,7 @@ def run(args, ports=(), lports=(), rports=()):
                                max(0.0, min(POLL_S, deadline - now)))
             pump()    # what arrived while we were stopping
             if args.summary:
-                sink.write([table.summary(fmt.ts(time.monotonic_ns()))])
+                sink.write([summarize()])
         except SinkClosed:
             # the reader is gone (socktrace | head): nothing more to say
             try:
@@ -156,12 +184,13 @@ def run(args, ports=(), lports=(), rports=()):
             except OSError:
                 pass
             args.no_report = True
+        final = summarize()
     finally:
         backend.close()
         sink.close()
     if not args.no_report:
         from .report import render
-        sys.stderr.write(render(table.summary(fmt.ts(time.monotonic_ns())), lost_total))
+        sys.stderr.write(render(final, lost_total))
     elif lost_total:
         sys.stderr.write("socktrace: lost %s\n" % lost_total)
     return 0

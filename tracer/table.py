@@ -12,6 +12,7 @@ connection: the freed socket address may be reused at once by a new socket
 while the old connection still sits in TIME_WAIT.
 """
 
+import math
 import random
 import struct
 import time
@@ -19,62 +20,71 @@ import time
 from . import states
 
 
-_HEAD = struct.Struct("<QQBB")    # since (ns), socket address, state, lower bound
+_HEAD = struct.Struct("<QQ")      # since (ns), socket address
+_TS = struct.Struct("<Q")
 _STEP = struct.Struct("<BQ")      # state number, ns spent in it
 _NUM = states.NUMBERS
 _NAME = states.NAMES
-_OWNERS = {}                      # (pid, comm, owner_from) -> itself, shared
+_META = {}                        # (pid, comm, owner_from, family, role, lower bound) -> itself
 
 
-def _owner(pid, comm, how):
-    key = (pid, comm, how)
-    return _OWNERS.setdefault(key, key)
+def _meta(*key):
+    return _META.setdefault(key, key)
 
 
 class Conn:
     """One socket.  A TIME_WAIT storm puts a million of these in the table,
-    so what changes (the current state, since when, the states left so far
-    with their durations) lives in one packed ``bytes`` blob, and every other
-    slot points at a string, int or owner tuple shared by many connections.
-    Measured by bench/table_memory.py: under 300 bytes per socket."""
+    so what grows (since when, the states left so far with their durations)
+    lives in one packed ``bytes`` blob, and every other slot points at a
+    string, int or tuple shared by many connections: ``meta`` holds owner,
+    family, role and the lower-bound flag, interned.  Measured by
+    bench/table_memory.py: under 300 bytes per socket.
 
-    __slots__ = ("family", "laddr", "lport", "raddr", "rport", "owner", "role", "blob")
+    ``moved`` runs once per event: it re-packs the 8-byte timestamp and
+    appends one step, nothing else."""
 
-    def __init__(self, rec, sk, since):
-        self.family = rec["family"]
+    __slots__ = ("laddr", "lport", "raddr", "rport", "meta", "state", "blob")
+
+    def __init__(self, rec, sk, since, role=None):
         self.laddr = rec["laddr"]
         self.lport = rec["lport"]
         self.raddr = rec["raddr"]
         self.rport = rec["rport"]
-        self.owner = _owner(rec["pid"], rec["comm"], rec["owner_from"])
-        self.role = None
-        self.blob = _HEAD.pack(since, sk, _NUM[rec["old"]], 0)
+        self.meta = _meta(rec["pid"], rec["comm"], rec["owner_from"], rec["family"], role, False)
+        self.state = rec["old"]
+        self.blob = _HEAD.pack(since, sk)
 
-    pid = property(lambda self: self.owner[0])
-    comm = property(lambda self: self.owner[1])
-    owner_from = property(lambda self: self.owner[2])
-    since = property(lambda self: _HEAD.unpack_from(self.blob)[0])
+    pid = property(lambda self: self.meta[0])
+    comm = property(lambda self: self.meta[1])
+    owner_from = property(lambda self: self.meta[2])
+    owner = property(lambda self: self.meta[:3])
+    family = property(lambda self: self.meta[3])
+    role = property(lambda self: self.meta[4])
+    lower_bound = property(lambda self: self.meta[5])
+    since = property(lambda self: _TS.unpack_from(self.blob)[0])
     sk = property(lambda self: _HEAD.unpack_from(self.blob)[1])
-    state = property(lambda self: _NAME[self.blob[16]])
-    lower_bound = property(lambda self: bool(self.blob[17]))
 
     def set_owner(self, pid, comm, how):
-        self.owner = _owner(pid, comm, how)
+        self.meta = _meta(pid, comm, how, *self.meta[3:])
+
+    def set_role(self, role):
+        m = self.meta
+        self.meta = _meta(m[0], m[1], m[2], m[3], role, m[5])
 
     def restart(self, since, lower_bound):
         """Re-base a socket older than the tracer: in its state since at least *since*."""
-        _, sk, state, _ = _HEAD.unpack_from(self.blob)
-        self.blob = _HEAD.pack(since, sk, state, lower_bound) + self.blob[_HEAD.size:]
+        m = self.meta
+        self.meta = _meta(m[0], m[1], m[2], m[3], m[4], lower_bound)
+        self.blob = _TS.pack(since) + self.blob[8:]
 
     def moved(self, ts, old, new, spent):
         """Left *old* for *new* at *ts* after *spent* ns (None: unknown,
         nothing recorded)."""
-        blob = self.blob
-        _, sk, _, lb = _HEAD.unpack_from(blob)
-        tail = blob[_HEAD.size:]
-        if spent is not None and old not in ("CLOSE", "LISTEN"):
-            tail += _STEP.pack(_NUM[old], spent)
-        self.blob = _HEAD.pack(ts, sk, _NUM[new], lb) + tail
+        if spent is not None and old != "CLOSE" and old != "LISTEN":
+            self.blob = _TS.pack(ts) + self.blob[8:] + _STEP.pack(_NUM[old], spent)
+        else:
+            self.blob = _TS.pack(ts) + self.blob[8:]
+        self.state = new
 
     def history(self):
         """[(state name, ns)] of the states left so far, in order."""
@@ -83,26 +93,40 @@ class Conn:
 
 class Reservoir:
     """Durations of one state: exact count and max, percentiles from a
-    uniform sample of at most ``size`` values (bounded memory for days)."""
+    uniform sample of at most ``size`` values (bounded memory for days).
 
-    __slots__ = ("count", "max", "sample", "size")
+    Sampling is Li's "Algorithm L": once the sample is full it draws how
+    many values to skip before the next replacement, so a typical add is a
+    counter bump rather than a random draw (this runs once per event).
+    """
+
+    __slots__ = ("count", "max", "sample", "size", "_next", "_w")
 
     def __init__(self, size=10_000):
         self.count = 0
         self.max = 0
         self.sample = []
         self.size = size
+        self._w = 1.0
+        self._next = size
 
     def add(self, ns):
         self.count += 1
         if ns > self.max:
             self.max = ns
-        if len(self.sample) < self.size:
+        if self.count <= self.size:
             self.sample.append(ns)
-        else:
-            j = random.randrange(self.count)
-            if j < self.size:
-                self.sample[j] = ns
+            if self.count == self.size:
+                self._skip()
+        elif self.count == self._next:
+            self.sample[random.randrange(self.size)] = ns
+            self._skip()
+
+    def _skip(self):
+        # 1 - random() is in (0, 1]: log() never sees 0
+        self._w *= math.exp(math.log(1.0 - random.random()) / self.size)
+        gap = math.log(1.0 - random.random()) / math.log1p(-self._w) if self._w < 1.0 else 0.0
+        self._next = self.count + int(gap) + 1
 
     def percentiles(self, ps=(50, 90, 99)):
         data = sorted(self.sample)
@@ -184,23 +208,27 @@ class ConnTable:
         if conn is None:
             conn = self._new(rec, ts_ns, sk, twaddr)
 
-        if rec["pid"] is None and conn.pid is not None:
-            rec["pid"], rec["comm"], rec["owner_from"] = conn.owner
-        elif rec["pid"] is not None and conn.pid is None:
+        meta = conn.meta
+        if rec["pid"] is None:
+            if meta[0] is not None:
+                rec["pid"], rec["comm"], rec["owner_from"] = meta[0], meta[1], meta[2]
+        elif meta[0] is None:
             conn.set_owner(rec["pid"], rec["comm"], rec["owner_from"])
 
-        old, new = rec["old"], rec["new"]
+        old = rec["old"]
+        new = rec["new"]
         in_old = rec["in_old_ns"]
-        if in_old is None and conn.lower_bound and old == conn.state:
+        if in_old is None and meta[5] and old == conn.state:
             in_old = ts_ns - conn.since
             rec["in_old_ns"] = in_old
             rec["lower_bound"] = True
-        if rec["type"] == "handoff":
-            return None      # FIN_WAIT2 goes on, held by a timewait socket
+        if rec["type"] != "state":
+            return None      # a hand-off: FIN_WAIT2 goes on, held by a timewait socket
 
         key = (old, new)
-        self.transitions[key] = self.transitions.get(key, 0) + 1
-        if in_old is not None and old not in ("CLOSE", "LISTEN"):
+        transitions = self.transitions
+        transitions[key] = transitions.get(key, 0) + 1
+        if in_old is not None and old != "CLOSE" and old != "LISTEN":
             res = self.durations.get(old)
             if res is None:
                 res = self.durations[old] = Reservoir()
@@ -217,13 +245,14 @@ class ConnTable:
 
     def _new(self, rec, ts_ns, sk, twaddr):
         old = rec["old"]
-        conn = Conn(rec, sk, ts_ns)
+        new = rec["new"]
         if old == "CLOSE":
-            new = rec["new"]
-            conn.role = "client" if new == "SYN_SENT" else "listener" if new == "LISTEN" else None
-        elif old == "LISTEN" and rec["new"] == "SYN_RECV":
-            conn.role = "server"
+            conn = Conn(rec, sk, ts_ns, "client" if new == "SYN_SENT" else
+                        "listener" if new == "LISTEN" else None)
+        elif old == "LISTEN" and new == "SYN_RECV":
+            conn = Conn(rec, sk, ts_ns, "server")
         else:
+            conn = Conn(rec, sk, ts_ns)
             # a socket older than the tracer
             pid, comm, how = self._seed_owner(rec)
             if rec["pid"] is None and pid is not None:
@@ -231,7 +260,8 @@ class ConnTable:
                 conn.set_owner(pid, comm, how)
             if rec["in_old_ns"] is None:
                 conn.restart(self.start_ns, True)
-            conn.role = "server" if (rec["family"], rec["laddr"], rec["lport"]) in self.seed_listen else None
+            if (rec["family"], rec["laddr"], rec["lport"]) in self.seed_listen:
+                conn.set_role("server")
         if old == "LISTEN" and rec["pid"] is None:
             pid, comm, how = self._seed_owner(rec)
             if pid is not None:

@@ -50,9 +50,14 @@ REASON = _enum(_HEADER, "ST_REASON_")
 VIA = _enum(_HEADER, "ST_VIA_")
 FLAGS = {v: k for k, v in _enum(_HEADER, "ST_F_").items()}
 COUNTERS = _enum(_HEADER, "ST_CNT_")
+# what becomes a ``lost`` record: the header's loss counters (derived_sent
+# only splits what was received) and the kernel's skipped program runs
+LOSS_COUNTERS = tuple(n for n in COUNTERS.values() if n != "derived_sent") + (
+    "missed", "timer_missed")
 NR_COUNTERS = int(re.search(r"ST_NR_COUNTERS\s*=\s*(\d+)", _HEADER).group(1))
 COMM_LEN = int(re.search(r"#define ST_COMM_LEN (\d+)", _HEADER).group(1))
 
 KIND_STATE = {v: k for k, v in KIND.items()}["state"]
 KIND_HANDOFF = {v: k for k, v in KIND.items()}["handoff"]
 F_IN_OLD = FLAGS["in_old"]
+F_DERIVED = FLAGS["derived"]

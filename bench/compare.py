@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""socktrace against bcc's tcpstates and no tracer, in the same run.
+
+    sudo .venv/bin/python bench/compare.py              # full run, ~6 min
+    sudo .venv/bin/python bench/compare.py --quick      # one round, no bisection, ~1 min
+
+For each tracer (none, tcpstates, socktrace, and socktrace with a --port
+filter that matches nothing in the storm) it runs bench/storm.py on loopback
+and prints:
+
+- the storm's connections/s while traced, at maximum storm rate (median of
+  --rounds rounds, tracers interleaved in a rotating order, so drift of a
+  noisy host hits all of them alike);
+- the loss at maximum rate: events on the storm's ports that did not arrive,
+  and what the tracer itself reported as lost; for socktrace the harness
+  checks that its ``lost`` records add up exactly to the shortfall;
+- the tracer's CPU seconds per million events it handled, and its peak RSS;
+- with --bisect (the default unless --quick): the highest fixed storm rate
+  traced without loss, found by bisection, each step a storm of --step-seconds.
+
+What counts as an event.  The storm's expected_transitions plus its
+listener_transitions are the sock:inet_sock_set_state hits of its sockets
+(bench/storm_transitions.py checked this figure against the kernel's own
+trace).  tcpstates prints one line per hit.  socktrace receives one record
+per hit (printed, or the internal FIN_WAIT2 hand-off) plus records it works
+out from timers or the peer; its summary record says how many it received
+and how many of those were derived, and its ``lost`` records say how many
+were dropped (ringbuf_lost for hits, derived_lost for derived ones).  So
+
+    received - derived - (records of other sockets) + ringbuf_lost == expected
+
+must hold exactly.  Other sockets are the harness's own readiness probes
+(RST-closed, so all of their records are printed) and any traffic of other
+programs, which the report names when it sees it.
+
+Bounds: loopback only (storm.py), every storm bounded by --count / time,
+each tracer stopped with SIGINT and killed after 60 s.  Run as root on an
+otherwise idle host; the report prints the load average before and after.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    from orjson import loads
+except ImportError:
+    from json import loads
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+STORM = [PY, os.path.join(HERE, "storm.py")]
+SOCKTRACE = [PY, "-m", "tracer"]
+TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
+IDLE_PORT = 9          # discard: nothing in the storm uses it
+
+
+def log(msg):
+    print("[compare %6.1fs] %s" % (time.monotonic() - T0, msg), file=sys.stderr, flush=True)
+
+
+def cpu_s(pid):
+    """utime + stime of a live process, seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+# -- the tracers ---------------------------------------------------------------
+
+
+class Tracer:
+    """One tracer process writing to a file; started, made ready (a probe
+    connection shows up in its output), stopped."""
+
+    name = "none"
+    argv = None
+
+    def __init__(self, workdir):
+        self.out = os.path.join(workdir, "%s.out" % self.name.replace(" ", "_"))
+        self.err = os.path.join(workdir, "%s.err" % self.name.replace(" ", "_"))
+        self.proc = None
+        self.probe_ports = set()
+        self.probe_at = 0          # 0: a new kernel-chosen port each probe
+
+    def start(self):
+        if self.argv is None:
+            return
+        for p in (self.out, self.err):
+            if os.path.exists(p):
+                os.unlink(p)
+        self.proc = subprocess.Popen(self.argv, stdout=open(self.out, "wb"),
+                                     stderr=open(self.err, "wb"), cwd=ROOT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit("%s exited at start-up: %s" % (self.name, open(self.err).read()[-500:]))
+            port = probe(self.probe_at)
+            self.probe_ports.add(port)
+            time.sleep(0.3)
+            if self.seen_port(port):
+                return
+        raise SystemExit("%s did not show a probe connection within 90 s" % self.name)
+
+    def seen_port(self, port):
+        with open(self.out, "rb") as f:
+            return (b"%d" % port) in f.read()
+
+    def settle(self, timeout=60):
+        """Wait until the output stops growing (the tracer has drained)."""
+        if self.proc is None:
+            return
+        last, still = -1, 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and still < 3:
+            size = os.path.getsize(self.out)
+            still = still + 1 if size == last else 0
+            last = size
+            time.sleep(0.4)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise SystemExit("%s did not stop within 60 s of SIGINT" % self.name)
+
+
+class NoTracer(Tracer):
+    name = "none"
+
+
+class Tcpstates(Tracer):
+    name = "tcpstates"
+    argv = [TCPSTATES]
+    _lost = re.compile(rb"Possibly lost (\d+) samples")
+
+    def count(self, ports):
+        """(lines on the storm's ports, on probe ports, other lines, lost)."""
+        storm = probes = other = 0
+        with open(self.out, "rb") as f:
+            next(f, None)                                  # header
+            for line in f:
+                parts = line.split()
+                if len(parts) < 10 or parts[-3] != b"->":
+                    continue
+                lp, rp = int(parts[-7]), int(parts[-5])
+                if lp in ports or rp in ports:
+                    storm += 1
+                elif lp in self.probe_ports or rp in self.probe_ports:
+                    probes += 1
+                else:
+                    other += 1
+        lost = 0
+        for path in (self.out, self.err):
+            with open(path, "rb") as f:
+                lost += sum(int(n) for n in self._lost.findall(f.read()))
+        return {"storm_events": storm, "probe_events": probes, "other_events": other,
+                "reported_lost": lost, "handled": storm + probes + other}
+
+
+class Socktrace(Tracer):
+    name = "socktrace"
+
+    def __init__(self, workdir, extra=()):
+        self.argv = SOCKTRACE + ["--backend", "bpf", "--summary", "--no-report", "-o", None] + list(extra)
+        if extra:
+            self.name = "socktrace " + " ".join(extra)
+        super().__init__(workdir)
+        self.argv[self.argv.index(None)] = self.out
+
+        if extra:
+            # the filter also lets the readiness probe's fixed port through
+            self.probe_at = free_port()
+            self.argv += ["--port", str(self.probe_at)]
+
+    def count(self, ports):
+        storm = probes = other = 0
+        lost = {}
+        summary = None
+        with open(self.out, "rb") as f:
+            for line in f:
+                rec = loads(line)
+                t = rec["type"]
+                if t == "state":
+                    lp, rp = rec["lport"], rec["rport"]
+                    if lp in ports or rp in ports:
+                        storm += 1
+                    elif lp in self.probe_ports or rp in self.probe_ports:
+                        probes += 1
+                    else:
+                        other += 1
+                elif t == "lost":
+                    lost[rec["what"]] = lost.get(rec["what"], 0) + rec["count"]
+                elif t == "summary":
+                    summary = rec
+        if summary is None:
+            raise SystemExit("socktrace wrote no summary record: %s" % open(self.err).read()[-500:])
+        recs = summary["records"]
+        return {"storm_events": storm, "probe_events": probes, "other_events": other,
+                "reported_lost": sum(lost.values()), "lost": lost,
+                "received": recs["received"], "derived": recs["derived"],
+                "handled": recs["received"]}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def probe(port=0):
+    """One loopback connection closed with an RST: three transitions per
+    side and no TIME_WAIT, so every record of it is a printed one."""
+    lsn = socket.socket()
+    lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsn.bind(("127.0.0.1", port))
+    lsn.listen(1)
+    port = lsn.getsockname()[1]
+    c = socket.create_connection(("127.0.0.1", port))
+    s, _ = lsn.accept()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    time.sleep(0.01)
+    s.close()
+    lsn.close()
+    return port
+
+
+# -- one measurement -------------------------------------------------------------
+
+
+def storm(args, rate=0, count=None):
+    cmd = STORM + ["--count", str(count or args.count), "--close", args.close,
+                   "--family", str(args.family), "--clients", "2"]
+    if rate:
+        cmd += ["--rate", str(int(rate))]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
+    if res.returncode != 0:
+        raise SystemExit("storm failed: %s" % res.stderr.decode()[-500:])
+    return json.loads(res.stdout)
+
+
+def measure(tracer, args, rate=0, count=None):
+    tracer.start()
+    pid = tracer.proc.pid if tracer.proc else None
+    cpu0 = cpu_s(pid) if pid else 0.0
+    st = storm(args, rate, count)
+    tracer.settle()
+    cpu1 = cpu_s(pid) if pid else 0.0
+    rss = peak_rss_mb(pid) if pid else None
+    tracer.stop()
+    r = {"tracer": tracer.name, "target_rate": rate, "rate": st["rate"],
+         "connections": st["completed"], "failed": st["failed"],
+         "expected": st["expected_transitions"] + st["listener_transitions"]}
+    if pid:
+        cfg = st["config"]
+        ports = set(range(cfg["base_port"], cfg["base_port"] + cfg["ports"]))
+        c = tracer.count(ports)
+        r.update(c)
+        r["shortfall"] = r["expected"] - c["storm_events"]
+        r["cpu_s"] = round(cpu1 - cpu0, 3)
+        r["cpu_s_per_M"] = round((cpu1 - cpu0) / (c["handled"] / 1e6), 3) if c["handled"] else None
+        r["peak_rss_mb"] = round(rss, 1)
+        if "received" in c and not tracer.probe_at:
+            # every storm hit either arrived or was counted lost, exactly
+            kernel_arrived = c["received"] - c["derived"] - c["probe_events"] - c["other_events"]
+            r["kernel_arrived"] = kernel_arrived
+            r["lost_hits"] = c["lost"].get("ringbuf_lost", 0) + c["lost"].get("missed", 0)
+            r["accounting_exact"] = kernel_arrived + r["lost_hits"] == r["expected"]
+        r["lossless"] = (c["reported_lost"] == 0 and r["shortfall"] == 0
+                         and st["failed"] == 0)
+        if tracer.probe_at:      # filtered out by design: nothing to miss
+            r["shortfall"] = r["lossless"] = None
+    return r
+
+
+def bisect(make, args, hi):
+    """Highest fixed rate (conn/s) with no loss, to within --resolution."""
+    lo, best = 0.0, None
+    while hi - lo > args.resolution * max(hi, 1):
+        mid = (lo + hi) / 2
+        r = measure(make(), args, rate=mid, count=int(mid * args.step_seconds))
+        log("  %-10s %7.0f conn/s target -> %7.0f achieved, lossless=%s (short %d, lost %d)" % (
+            r["tracer"], mid, r["rate"], r["lossless"], r["shortfall"], r["reported_lost"]))
+        if r["lossless"]:
+            lo, best = mid, r
+        else:
+            hi = mid
+    return best
+
+
+def med(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="one round of 50,000 connections, no bisection (about a minute)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--count", type=int, default=100_000, help="connections per max-rate storm")
+    ap.add_argument("--close", default="client", choices=("client", "server", "reset"))
+    ap.add_argument("--family", type=int, default=4, choices=(4, 6))
+    ap.add_argument("--no-bisect", dest="bisect", action="store_false")
+    ap.add_argument("--step-seconds", type=float, default=6.0,
+                    help="length of each bisection storm (default 6 s)")
+    ap.add_argument("--resolution", type=float, default=0.04,
+                    help="stop bisecting when the interval is this fraction of the rate")
+    ap.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.count, args.bisect = 1, 50_000, False
+    if os.geteuid() != 0:
+        sys.exit("compare.py: needs root (BPF)")
+    if not os.access(TCPSTATES, os.X_OK):
+        sys.exit("compare.py: %s not found (apt install bpfcc-tools)" % TCPSTATES)
+    subprocess.run(STORM + ["--build-only"], check=True, stdout=subprocess.DEVNULL)
+
+    work = tempfile.mkdtemp(prefix="socktrace-compare-")
+    makers = [
+        ("none", lambda: NoTracer(work)),
+        ("tcpstates", lambda: Tcpstates(work)),
+        ("socktrace", lambda: Socktrace(work)),
+        ("socktrace --port %d" % IDLE_PORT, lambda: Socktrace(work, ["--port", str(IDLE_PORT)])),
+    ]
+    load0 = os.getloadavg()
+    rows = []
+    for rnd in range(args.rounds):
+        order = makers[rnd % len(makers):] + makers[:rnd % len(makers)]
+        for name, make in order:
+            r = measure(make(), args)
+            r["round"] = rnd
+            rows.append(r)
+            log("round %d %-22s %7.0f conn/s%s" % (
+                rnd, name, r["rate"], "" if name == "none" else
+                "  storm events %d/%d, lost reported %d, cpu %.2fs" % (
+                    r["storm_events"], r["expected"], r["reported_lost"], r["cpu_s"])))
+    lossless = {}
+    if args.bisect:
+        base = med([r for r in rows if r["tracer"] == "none"], "rate")
+        for name, make in makers[1:3]:
+            log("bisecting %s up to %.0f conn/s" % (name, base))
+            lossless[name] = bisect(make, args, base)
+    load1 = os.getloadavg()
+
+    print("max-rate storm: %d connections, close=%s, IPv%d, %d round(s), medians"
+          % (args.count, args.close, args.family, args.rounds))
+    print("%-22s %10s %8s %10s %10s %8s %9s %9s" % (
+        "tracer", "conn/s", "vs none", "shortfall", "lost", "exact", "cpu s/M", "RSS MB"))
+    base = med([r for r in rows if r["tracer"] == "none"], "rate")
+    summary = {}
+    for name, _ in makers:
+        rs = [r for r in rows if r["tracer"] == name]
+        rate = med(rs, "rate")
+        s = {"rate": rate, "ratio_to_none": rate / base}
+        if name != "none":
+            s.update(shortfall=med(rs, "shortfall") if rs[0]["shortfall"] is not None else None, lost=med(rs, "reported_lost"),
+                     cpu_s_per_M=med(rs, "cpu_s_per_M"), peak_rss_mb=max(r["peak_rss_mb"] for r in rs),
+                     exact=all(r.get("accounting_exact", True) for r in rs))
+        summary[name] = s
+        print("%-22s %10.0f %7.0f%% %10s %10s %8s %9s %9s" % (
+            name, rate, 100 * rate / base,
+            "" if name == "none" or s["shortfall"] is None else "%d" % s["shortfall"],
+            "" if name == "none" else "%d" % s["lost"],
+            "" if "accounting_exact" not in rs[0] else ("yes" if s["exact"] else "NO"),
+            "" if name == "none" or s["cpu_s_per_M"] is None else "%.2f" % s["cpu_s_per_M"],
+            "" if name == "none" else "%.0f" % s["peak_rss_mb"]))
+    if lossless:
+        print("\nhighest storm rate traced without loss (bisection, %.0f s steps):" % args.step_seconds)
+        for name, r in lossless.items():
+            if r is None:
+                print("  %-12s none found" % name)
+            else:
+                print("  %-12s %7.0f conn/s = %8.0f transitions/s" % (
+                    name, r["rate"], r["rate"] * r["expected"] / max(r["connections"], 1)))
+    st, ts = summary["socktrace"], summary["tcpstates"]
+    print("\nratios (socktrace / tcpstates, same run):")
+    print("  storm conn/s while traced        %.2fx  (target >= 2.5)" % (st["rate"] / ts["rate"]))
+    if lossless.get("socktrace") and lossless.get("tcpstates"):
+        print("  lossless rate                    %.2fx  (target >= 2.5)" % (
+            lossless["socktrace"]["rate"] / lossless["tcpstates"]["rate"]))
+    nm = summary["socktrace --port %d" % IDLE_PORT]
+    print("  filter matching nothing: storm keeps %.1f%% of its untraced rate (target >= 95%%)"
+          % (100 * nm["ratio_to_none"]))
+    print("  socktrace lost records == shortfall, every run: %s" % ("yes" if st["exact"] else "NO"))
+    print("load average before %s, after %s" % (load0, load1))
+    others = sum(r.get("other_events", 0) for r in rows)
+    if others:
+        print("note: %d events of other programs' sockets were seen during the run" % others)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "summary": summary, "lossless": lossless,
+                       "load": [load0, load1]}, f, indent=1)
+
+
+T0 = time.monotonic()
+if __name__ == "__main__":
+    main()
