@@ -42,7 +42,7 @@ class Formatter:
                             else wall_offset_ns)
         self._sec = -1
         self._sec_text = ""
-        self._addrs = {}
+        self._addrs = {4: {}, 6: {}}     # family -> {16 raw bytes: text}
         self._comms = {}
         self._pids = {}
 
@@ -57,16 +57,16 @@ class Formatter:
 
     def addr(self, family, raw16):
         """16 bytes as the tracepoint gives them (IPv4 mapped) -> text."""
-        key = (family, raw16)
-        text = self._addrs.get(key)
+        cache = self._addrs[family]
+        text = cache.get(raw16)
         if text is None:
             if family == 4:
                 text = socket.inet_ntop(socket.AF_INET, raw16[12:])
             else:
                 text = socket.inet_ntop(socket.AF_INET6, raw16)
-            if len(self._addrs) > 65536:
-                self._addrs.clear()
-            self._addrs[key] = text
+            if len(cache) > 65536:
+                cache.clear()
+            cache[raw16] = text
         return text
 
     def pid(self, pid):
@@ -109,9 +109,9 @@ def decode(fmt, raw, source="bpf"):
     sec, frac = divmod(ts_ns + fmt.wall_offset, 1_000_000_000)
     if sec != fmt._sec:
         fmt.ts(ts_ns)
-    addrs = fmt._addrs
-    laddr = addrs.get((family, saddr)) or fmt.addr(family, saddr)
-    raddr = addrs.get((family, daddr)) or fmt.addr(family, daddr)
+    addrs = fmt._addrs[family]
+    laddr = addrs.get(saddr) or fmt.addr(family, saddr)
+    raddr = addrs.get(daddr) or fmt.addr(family, daddr)
     if pid:
         pid = fmt._pids.get(pid) or fmt.pid(pid)
         comm = fmt._comms.get(comm) or fmt.comm(comm)
