@@ -393,7 +393,7 @@ class _quiet_stderr:
         if exc is not None:
             self.tmp.seek(0)
             text = self.tmp.read().decode(errors="replace")
-            errs = [l for l in text.splitlines() if "error" in l]
+            errs = [ln for ln in text.splitlines() if "error" in ln]
             if errs:
                 exc.args = ("%s (%s)" % (exc.args[0] if exc.args else exc, errs[0].strip()),)
         self.tmp.close()
