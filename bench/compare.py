@@ -120,6 +120,13 @@ class Tracer:
                 return
         raise SystemExit("%s did not show a probe connection within 90 s" % self.name)
 
+    def tally(self, counts, lp, rp, ports):
+        """Count one event as the storm's, a readiness probe's or other."""
+        key = ("storm_events" if lp in ports or rp in ports else
+               "probe_events" if lp in self.probe_ports or rp in self.probe_ports else
+               "other_events")
+        counts[key] += 1
+
     def seen_port(self, port):
         with open(self.out, "rb") as f:
             return (b"%d" % port) in f.read()
@@ -164,27 +171,21 @@ class Tcpstates(Tracer):
     _lost = re.compile(rb"Possibly lost (\d+) samples")
 
     def count(self, ports):
-        """(lines on the storm's ports, on probe ports, other lines, lost)."""
-        storm = probes = other = 0
+        """Lines on the storm's ports, on probe ports, other lines, lost."""
+        c = dict.fromkeys(("storm_events", "probe_events", "other_events"), 0)
         with open(self.out, "rb") as f:
             next(f, None)                                  # header
             for line in f:
                 parts = line.split()
                 if len(parts) < 10 or parts[-3] != b"->":
                     continue
-                lp, rp = int(parts[-7]), int(parts[-5])
-                if lp in ports or rp in ports:
-                    storm += 1
-                elif lp in self.probe_ports or rp in self.probe_ports:
-                    probes += 1
-                else:
-                    other += 1
+                self.tally(c, int(parts[-7]), int(parts[-5]), ports)
         lost = 0
         for path in (self.out, self.err):
             with open(path, "rb") as f:
                 lost += sum(int(n) for n in self._lost.findall(f.read()))
-        return {"storm_events": storm, "probe_events": probes, "other_events": other,
-                "reported_lost": lost, "handled": storm + probes + other}
+        c.update(reported_lost=lost, handled=sum(c.values()))
+        return c
 
 
 class Socktrace(Tracer):
@@ -203,7 +204,7 @@ class Socktrace(Tracer):
             self.argv += ["--port", str(self.probe_at)]
 
     def count(self, ports):
-        storm = probes = other = 0
+        c = dict.fromkeys(("storm_events", "probe_events", "other_events"), 0)
         lost = {}
         summary = None
         with open(self.out, "rb") as f:
@@ -211,13 +212,7 @@ class Socktrace(Tracer):
                 rec = loads(line)
                 t = rec["type"]
                 if t == "state":
-                    lp, rp = rec["lport"], rec["rport"]
-                    if lp in ports or rp in ports:
-                        storm += 1
-                    elif lp in self.probe_ports or rp in self.probe_ports:
-                        probes += 1
-                    else:
-                        other += 1
+                    self.tally(c, rec["lport"], rec["rport"], ports)
                 elif t == "lost":
                     lost[rec["what"]] = lost.get(rec["what"], 0) + rec["count"]
                 elif t == "summary":
@@ -225,10 +220,10 @@ class Socktrace(Tracer):
         if summary is None:
             raise SystemExit("socktrace wrote no summary record: %s" % open(self.err).read()[-500:])
         recs = summary["records"]
-        return {"storm_events": storm, "probe_events": probes, "other_events": other,
-                "reported_lost": sum(lost.values()), "lost": lost,
-                "received": recs["received"], "derived": recs["derived"],
-                "handled": recs["received"]}
+        c.update(reported_lost=sum(lost.values()), lost=lost,
+                 received=recs["received"], derived=recs["derived"],
+                 handled=recs["received"])
+        return c
 
 
 def _default_sigint():

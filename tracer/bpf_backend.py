@@ -318,15 +318,16 @@ class _RingReader:
                 out = list(_BODY.iter_unpack(done))
         cons_pos += ok * _STRIDE
         if ok < n and not lens[ok] & _BUSY:
-            out += self._read_slow(cons_pos, prod_pos)
-            cons_pos = self._slow_pos
+            more, cons_pos = self._read_slow(cons_pos, prod_pos)
+            out += more
         # release the space to the producers
         _U64.pack_into(self.cons, 0, cons_pos)
         return out
 
     def _read_slow(self, cons_pos, prod_pos):
         """Record by record, for anything that is not one committed
-        st_event (a discarded record); not expected from our program."""
+        st_event (a discarded record); not expected from our program.
+        Returns (records, new consumer position)."""
         out = []
         buf, mask, base = self.prod, self.mask, self.data_off
         while cons_pos < prod_pos:
@@ -337,8 +338,7 @@ class _RingReader:
             if not length & _DISCARD and (length & 0x3FFFFFFF) == _REC:
                 out.append(wire.EVENT.unpack_from(buf, off + 8))
             cons_pos += ((length & 0x3FFFFFFF) + 8 + 7) & ~7
-        self._slow_pos = cons_pos
-        return out
+        return out, cons_pos
 
     def close(self):
         self.cons.close()

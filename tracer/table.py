@@ -57,7 +57,6 @@ class Conn:
     pid = property(lambda self: self.meta[0])
     comm = property(lambda self: self.meta[1])
     owner_from = property(lambda self: self.meta[2])
-    owner = property(lambda self: self.meta[:3])
     family = property(lambda self: self.meta[3])
     role = property(lambda self: self.meta[4])
     lower_bound = property(lambda self: self.meta[5])

@@ -54,7 +54,6 @@ COUNTERS = _enum(_HEADER, "ST_CNT_")
 # only splits what was received) and the kernel's skipped program runs
 LOSS_COUNTERS = tuple(n for n in COUNTERS.values() if n != "derived_sent") + (
     "missed", "timer_missed")
-NR_COUNTERS = int(re.search(r"ST_NR_COUNTERS\s*=\s*(\d+)", _HEADER).group(1))
 COMM_LEN = int(re.search(r"#define ST_COMM_LEN (\d+)", _HEADER).group(1))
 
 KIND_STATE = {v: k for k, v in KIND.items()}["state"]
