@@ -422,8 +422,8 @@ def main():
     if lossless.get("socktrace") and lossless.get("tcpstates"):
         print("  lossless rate                    %.2fx  (target >= 2.5)" % (
             lossless["socktrace"]["rate"] / lossless["tcpstates"]["rate"]))
+        print("  (lossless: the rate at which the buffer kept up; see above for what was still short)")
     nm = summary["socktrace --port %d" % IDLE_PORT]
-    print("  (lossless: the rate at which the buffer kept up; see above for what was still short)")
     print("  filter matching nothing: storm keeps %.1f%% of its untraced rate (target >= 95%%)"
           % (100 * nm["ratio_to_none"]))
     print("  socktrace lost records == shortfall, every run: %s" % ("yes" if st["exact"] else "NO"))

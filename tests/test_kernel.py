@@ -266,7 +266,11 @@ def check_closed(rec, chain, role, what, **expect):
 
 
 def no_lost(events):
-    lost = [e for e in events if e.get("type") == "lost"]
+    # timer_missed counts every timer event on the machine the kernel did
+    # not run our timer programs for (nearly all of them other timers; a
+    # quiet host still has a few): what it could do to our sockets, the
+    # exact-sequence checks see.  Every other kind means records are gone.
+    lost = [e for e in events if e.get("type") == "lost" and e["what"] != "timer_missed"]
     assert not lost, "socktrace lost records (sequences may be incomplete): %s" % lost
 
 
