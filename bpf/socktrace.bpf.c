@@ -20,6 +20,9 @@
  *   ST_FILTER_PORTS     port_filter bitmap is in use
  *   ST_FILTER_LPORTS    ... and holds local-port (--lport) entries
  *   ST_FILTER_PIDS      pid_filter set is in use
+ *   ST_RAW_TP           attach raw tracepoints (see "attachment" below), with
+ *                       ST_OFF_SK_*, ST_OFF_SKC_*, ST_OFF_INET_SPORT and
+ *                       ST_OFF_TIMER_FUNCTION: BTF offsets of what they read
  */
 #include "socktrace.h"
 
@@ -505,66 +508,44 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	return 0;
 }
 
-#ifdef ST_TCP_SET_STATE
-/* Linux 4.15 has only tcp:tcp_set_state (TCP only, no family field). */
-TRACEPOINT_PROBE(tcp, tcp_set_state)
-{
-	__u16 family = args->saddr_v6[10] == 0xff && args->saddr_v6[11] == 0xff &&
-		       !args->saddr_v6[0] ? ST_AF_INET : ST_AF_INET6;
-	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
-			    args->sport, args->dport, family,
-			    args->saddr_v6, args->daddr_v6);
-}
-#else
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
-{
-	if (args->protocol != 6 /* IPPROTO_TCP */)
-		return 0;
-	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
-			    args->sport, args->dport, args->family,
-			    args->saddr_v6, args->daddr_v6);
-}
-#endif
-
 /* ---- timer:* on the timewait timer ---------------------------------------- */
 
-TRACEPOINT_PROBE(timer, timer_start)
+static __always_inline int on_timer_start(void *ctx, __u64 timer, __u64 function,
+					  __u64 expires, __u64 now)
 {
-	__u64 timer = (__u64)args->timer;
 	int zero = 0;
 
-	if (!ST_TW_HANDLER || (__u64)args->function != ST_TW_HANDLER) {
-		settle_cancel(args, 0);
+	if (!ST_TW_HANDLER || function != ST_TW_HANDLER) {
+		settle_cancel(ctx, 0);
 		return 0;
 	}
-	settle_cancel(args, timer);
+	settle_cancel(ctx, timer);
 
 	struct st_tw *tw = tws.lookup(&timer);
 	if (tw) {
 		/* A re-arm extends the same timewait socket; the FIN that
 		 * makes a FIN_WAIT2 one enter TIME_WAIT re-arms it. */
-		tw->deadline = args->expires;
+		tw->deadline = expires;
 		if (tw->substate == TCP_FIN_WAIT2 && read_substate(timer) == TCP_TIME_WAIT)
-			tw_promote(args, tw, bpf_ktime_get_ns(), ST_VIA_TIMER);
+			tw_promote(ctx, tw, bpf_ktime_get_ns(), ST_VIA_TIMER);
 		return 0;
 	}
 	/* A new timewait socket: its set_state(CLOSE) follows on this CPU. */
 	struct st_arm *arm = pending_arm.lookup(&zero);
 	if (arm) {
 		arm->timer = timer;
-		arm->expires = args->expires;
-		arm->now = args->now;
+		arm->expires = expires;
+		arm->now = now;
 		arm->ts = bpf_ktime_get_ns();
 	}
 	return 0;
 }
 
-TRACEPOINT_PROBE(timer, timer_cancel)
+static __always_inline int on_timer_cancel(void *ctx, __u64 timer)
 {
-	__u64 timer = (__u64)args->timer;
 	int zero = 0;
 
-	settle_cancel(args, 0);
+	settle_cancel(ctx, 0);
 	struct st_tw *tw = tws.lookup(&timer);
 	if (!tw)
 		return 0;
@@ -605,8 +586,108 @@ TRACEPOINT_PROBE(timer, timer_cancel)
 	return 0;
 }
 
+/* ---- attachment ------------------------------------------------------------ */
+
+#ifdef ST_RAW_TP
+/* Raw tracepoints: the kernel's recursion guard is per program, so a timer
+ * program that a softirq interrupts no longer hides that softirq's TCP
+ * transitions (a classic tracepoint program is skipped whenever any BPF
+ * program runs on the CPU), and no trace record is built before we run:
+ * the timer hooks fire for every timer on the host.  The arguments are the
+ * tracepoint's TP_PROTO; struct fields are read at BTF offsets (ST_OFF_*),
+ * the same fields the classic tracepoint copies out. */
+
+static __always_inline __u16 read_u16(__u64 addr)
+{
+	__u16 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+/* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate) */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+	__u64 sk = ctx->args[0];
+	__u8 saddr[16] = {}, daddr[16] = {};
+
+	if (read_u16(sk + ST_OFF_SK_PROTOCOL) != 6 /* IPPROTO_TCP */)
+		return 0;
+	__u16 family = read_u16(sk + ST_OFF_SKC_FAMILY);
+	/* ports in network order, as in struct inet_sock / sock_common */
+	__u16 sport = __builtin_bswap16(read_u16(sk + ST_OFF_INET_SPORT));
+	__u16 dport = __builtin_bswap16(read_u16(sk + ST_OFF_SKC_DPORT));
+	if (family == ST_AF_INET6) {
+		bpf_probe_read_kernel(saddr, 16, (void *)(sk + ST_OFF_SKC_V6_RCV_SADDR));
+		bpf_probe_read_kernel(daddr, 16, (void *)(sk + ST_OFF_SKC_V6_DADDR));
+	} else {
+		/* IPv4 as ::ffff:a.b.c.d, like the tracepoint's saddr_v6 */
+		saddr[10] = saddr[11] = daddr[10] = daddr[11] = 0xff;
+		bpf_probe_read_kernel(saddr + 12, 4, (void *)(sk + ST_OFF_SKC_RCV_SADDR));
+		bpf_probe_read_kernel(daddr + 12, 4, (void *)(sk + ST_OFF_SKC_DADDR));
+	}
+	return on_set_state(ctx, sk, (int)ctx->args[1], (int)ctx->args[2],
+			    sport, dport, family, saddr, daddr);
+}
+
+/* TP_PROTO(struct timer_list *timer, unsigned long expires, ...) */
+RAW_TRACEPOINT_PROBE(timer_start)
+{
+	__u64 timer = ctx->args[0], function = 0;
+
+	bpf_probe_read_kernel(&function, sizeof(function),
+			      (void *)(timer + ST_OFF_TIMER_FUNCTION));
+	return on_timer_start(ctx, timer, function, ctx->args[1], bpf_jiffies64());
+}
+
+/* TP_PROTO(struct timer_list *timer) */
+RAW_TRACEPOINT_PROBE(timer_cancel)
+{
+	return on_timer_cancel(ctx, ctx->args[0]);
+}
+
+RAW_TRACEPOINT_PROBE(timer_expire_entry)
+{
+	settle_cancel(ctx, 0);
+	return 0;
+}
+
+#else /* classic tracepoints: the arguments come decoded in args */
+
+#ifdef ST_TCP_SET_STATE
+/* Linux 4.15 has only tcp:tcp_set_state (TCP only, no family field). */
+TRACEPOINT_PROBE(tcp, tcp_set_state)
+{
+	__u16 family = args->saddr_v6[10] == 0xff && args->saddr_v6[11] == 0xff &&
+		       !args->saddr_v6[0] ? ST_AF_INET : ST_AF_INET6;
+	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
+			    args->sport, args->dport, family,
+			    args->saddr_v6, args->daddr_v6);
+}
+#else
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	if (args->protocol != 6 /* IPPROTO_TCP */)
+		return 0;
+	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
+			    args->sport, args->dport, args->family,
+			    args->saddr_v6, args->daddr_v6);
+}
+#endif
+
+TRACEPOINT_PROBE(timer, timer_start)
+{
+	return on_timer_start(args, (__u64)args->timer, (__u64)args->function,
+			      args->expires, args->now);
+}
+
+TRACEPOINT_PROBE(timer, timer_cancel)
+{
+	return on_timer_cancel(args, (__u64)args->timer);
+}
+
 TRACEPOINT_PROBE(timer, timer_expire_entry)
 {
 	settle_cancel(args, 0);
 	return 0;
 }
+#endif /* ST_RAW_TP */

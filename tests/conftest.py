@@ -268,18 +268,19 @@ def listen_sentinel(family=4, port=0, connect=True):
 
 
 def start_socktrace(path, args=(), sentinel=listen_sentinel, keep=None,
-                    timeout=READY_TIMEOUT):
+                    timeout=READY_TIMEOUT, env=None):
     """Start ``socktrace --backend bpf -o path ARGS`` and return its Trace
     once it is provably tracing: *sentinel* (called repeatedly, returns a
     predicate over events) generated an event that showed up in the file.
     Bounded by *timeout* seconds; the sentinel's own events stay in the
-    output (their ports are in ``trace.sentinel_ports``)."""
+    output (their ports are in ``trace.sentinel_ports``).  *env*: extra
+    environment variables."""
     args = list(args)
     err_path = path + ".stderr"
     cmd = [SOCKTRACE, "--backend", "bpf", "-o", path] + args
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, cwd=ROOT)
+                                stderr=err, cwd=ROOT, env=dict(os.environ, **(env or {})))
     trace = Trace(path, proc, err_path, args, keep=keep)
     preds = []
     deadline = time.monotonic() + timeout

@@ -561,6 +561,76 @@ def test_filter_port(tracer_run, tmp_path):
         assert not [e for e in got if conn["client"]["rport"] in (e["lport"], e["rport"])]
 
 
+def prog_types(pid):
+    """The BPF program types process *pid* holds (from /proc/PID/fdinfo)."""
+    types = set()
+    for fd in os.listdir("/proc/%d/fdinfo" % pid):
+        try:
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                for line in f:
+                    if line.startswith("prog_type:"):
+                        types.add(int(line.split()[1]))
+        except OSError:
+            pass        # closed meanwhile
+    return types
+
+
+BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT = 5, 17
+
+
+@pytest.mark.bpf
+def test_classic_tracepoints_match_raw(tracer_run, tmp_path):
+    """SOCKTRACE_TRACEPOINTS=classic (the fallback where raw tracepoints or
+    BTF are missing) reports exactly what the default raw tracepoints do."""
+    srv, cli = tracer_run.workers
+    assert prog_types(tracer_run.proc.pid) == {BPF_PROG_TYPE_RAW_TRACEPOINT}
+    p4, p6 = free_port(4), free_port(6)
+    trace = start_socktrace(str(tmp_path / "classic.ndjson"),
+                            ["--port", str(p4), "--port", str(p6)],
+                            sentinel=lambda: listen_sentinel(4, p4),
+                            env={"SOCKTRACE_TRACEPOINTS": "classic"})
+    try:
+        assert prog_types(trace.proc.pid) == {BPF_PROG_TYPE_TRACEPOINT}
+        ours = {srv.pid, cli.pid}
+        m = tracer_run.mark()
+        srv.call("listen", family=4, port=p4)
+        srv.call("listen", family=6, port=p6)
+        conns = [
+            connection(srv, cli, 4, "client-first-late", port=p4),
+            connection(srv, cli, 4, "reset", port=p4),
+            connection(srv, cli, 6, "server-first", port=p6),
+            connection(srv, cli, 6, "client-first", port=p6),
+        ]
+        srv.call("unlisten", port=p4)
+        srv.call("unlisten", port=p6)
+
+        def complete(evs):
+            for conn in conns:
+                a = analyse(evs, conn, srv.pid, cli.pid)
+                want = EXPECTED[conn["mode"]]
+                if (a["client"] is None or len(a["client"][0]) < len(want["client"])
+                        or a["server"] is None or len(a["server"][0]) < len(want["server"])):
+                    return False
+            return True
+        tracer_run.wait_for(complete, since=m, what="the workload in the main trace")
+        trace.wait_for(complete, what="the workload in the classic trace")
+        time.sleep(0.3)
+        trace.assert_clean_exit()
+        out = trace.events()
+        main = tracer_run.events(m)
+    finally:
+        trace.stop()
+        tracer_run.extra_outputs.append(trace.path)
+    no_lost(out)
+    pick = lambda evs: [e for e in evs if e.get("type") in ("state", "closed")  # noqa: E731
+                        and e["pid"] in ours and {p4, p6} & {e["lport"], e["rport"]}]
+    expected = pick(main)
+    # client-first(-late): 5 + 5 + closed; reset: 3 + 3 + 2 closed;
+    # server-first: 5 + closed + 5; two listeners: 2 each
+    assert len(expected) == 2 * 11 + 8 + 11 + 4, describe(expected)
+    _compare(pick(out), expected, "classic tracepoints")
+
+
 @pytest.mark.bpf
 def test_filter_pid_ipv6(tracer_run, tmp_path):
     """--pid CLIENT -6 shows exactly that process's IPv6 events."""

@@ -120,6 +120,7 @@ class BpfBackend:
         self.pids = set(pids)
         self.timewait = timewait
         self.notes = []          # one-line caveats for stderr (degraded features)
+        self.tracepoints = None  # "raw" or "classic", once open
         self._bpf = None
         self._rb = None
         self._counters_seen = {}
@@ -143,6 +144,7 @@ class BpfBackend:
         flags.append("-DST_TW_HANDLER=0x%xULL" % handler)
         if handler:
             flags += self._btf_flags()
+        flags += self._raw_tp_flags()
         if self.family:
             flags.append("-DST_FILTER_FAMILY=%d" % self.family)
         if self.ports or self.lports or self.rports:
@@ -167,6 +169,29 @@ class BpfBackend:
             "-DST_OFF_TW_SUBSTATE=%d" % offs[("inet_timewait_sock", "tw_substate")][0],
             "-DST_OFF_TIMER_EXPIRES=%d" % offs[("timer_list", "expires")][0],
         ]
+
+    def _raw_tp_flags(self):
+        """-D settings that switch the program to raw tracepoints (see the
+        program's "attachment" section for why), or [] for the classic ones:
+        kernels without a ring buffer or without sock:inet_sock_set_state,
+        no BTF for the struct sock fields, or SOCKTRACE_TRACEPOINTS=classic
+        (tests and benchmarks compare the two)."""
+        self.tracepoints = "classic"
+        if (os.environ.get("SOCKTRACE_TRACEPOINTS") == "classic" or self.use_perfbuf
+                or self.tp_category != "sock"):
+            return []
+        from . import btf
+
+        wanted = {}
+        for struct_name, member in _RAW_TP_MACROS.values():
+            wanted.setdefault(struct_name, []).append(member)
+        try:
+            offs = btf.member_offsets(wanted)
+        except btf.BTFError:
+            return []
+        self.tracepoints = "raw"
+        return ["-DST_RAW_TP"] + ["-D%s=%d" % (macro, offs[key][0])
+                                  for macro, key in _RAW_TP_MACROS.items()]
 
     def open(self):
         why = preflight()
@@ -344,6 +369,19 @@ class _RingReader:
         self.cons.close()
         self.prod.close()
 
+
+# struct members the raw tracepoint programs read, by -D macro
+_RAW_TP_MACROS = {
+    "ST_OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+    "ST_OFF_SKC_FAMILY": ("sock_common", "skc_family"),
+    "ST_OFF_SKC_DPORT": ("sock_common", "skc_dport"),
+    "ST_OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "ST_OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    "ST_OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+    "ST_OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "ST_OFF_INET_SPORT": ("inet_sock", "inet_sport"),
+    "ST_OFF_TIMER_FUNCTION": ("timer_list", "function"),
+}
 
 _PROG_INFO_SIZE = 232                 # struct bpf_prog_info up to verified_insns (5.16)
 _OFF_RECURSION_MISSES = 208
