@@ -329,8 +329,9 @@ static __always_inline int settle_cancel(void *ctx, __u64 timer)
 
 /* ---- sock:inet_sock_set_state -------------------------------------------- */
 
-/* The family and port filters, before any book-keeping: a socket they
- * reject costs one array lookup per transition, nothing more.  A client's
+/* The family and port filters, which each front end runs before anything
+ * else (the raw one before it reads the addresses): a socket they reject
+ * costs a few reads and one array lookup per transition, nothing more.  A client's
  * CLOSE->SYN_SENT has no local port yet: with an --lport filter it passes,
  * to record the owner, and the socket's later CLOSE then clears it. */
 static __always_inline int filtered_out(__u64 sk, int new, __u16 sport, __u16 dport,
@@ -371,9 +372,6 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 					__u16 sport, __u16 dport, __u16 family,
 					const __u8 *saddr6, const __u8 *daddr6)
 {
-	if (filtered_out(sk, new, sport, dport, family))
-		return 0;
-
 	__u64 now = bpf_ktime_get_ns();
 	struct st_sock *si = socks.lookup(&sk);
 	struct st_event e = {};
@@ -622,6 +620,10 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 	/* ports in network order, as in struct inet_sock / sock_common */
 	__u16 sport = __builtin_bswap16(read_u16(sk + ST_OFF_INET_SPORT));
 	__u16 dport = __builtin_bswap16(read_u16(sk + ST_OFF_SKC_DPORT));
+	int old = ctx->args[1], new = ctx->args[2];
+
+	if (filtered_out(sk, new, sport, dport, family))
+		return 0;
 	if (family == ST_AF_INET6) {
 		bpf_probe_read_kernel(saddr, 16, (void *)(sk + ST_OFF_SKC_V6_RCV_SADDR));
 		bpf_probe_read_kernel(daddr, 16, (void *)(sk + ST_OFF_SKC_V6_DADDR));
@@ -631,8 +633,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		bpf_probe_read_kernel(saddr + 12, 4, (void *)(sk + ST_OFF_SKC_RCV_SADDR));
 		bpf_probe_read_kernel(daddr + 12, 4, (void *)(sk + ST_OFF_SKC_DADDR));
 	}
-	return on_set_state(ctx, sk, (int)ctx->args[1], (int)ctx->args[2],
-			    sport, dport, family, saddr, daddr);
+	return on_set_state(ctx, sk, old, new, sport, dport, family, saddr, daddr);
 }
 
 /* TP_PROTO(struct timer_list *timer, unsigned long expires, ...) */
@@ -665,6 +666,8 @@ TRACEPOINT_PROBE(tcp, tcp_set_state)
 {
 	__u16 family = args->saddr_v6[10] == 0xff && args->saddr_v6[11] == 0xff &&
 		       !args->saddr_v6[0] ? ST_AF_INET : ST_AF_INET6;
+	if (filtered_out((__u64)args->skaddr, args->newstate, args->sport, args->dport, family))
+		return 0;
 	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
 			    args->sport, args->dport, family,
 			    args->saddr_v6, args->daddr_v6);
@@ -673,6 +676,9 @@ TRACEPOINT_PROBE(tcp, tcp_set_state)
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
 	if (args->protocol != 6 /* IPPROTO_TCP */)
+		return 0;
+	if (filtered_out((__u64)args->skaddr, args->newstate, args->sport, args->dport,
+			 args->family))
 		return 0;
 	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
 			    args->sport, args->dport, args->family,
