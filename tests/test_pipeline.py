@@ -75,6 +75,25 @@ def test_decode_fields_and_formats(validator):
     validator.validate(rec)
 
 
+def test_timestamps_across_millisecond_and_second_boundaries():
+    """Formatter.ts and decode keep the text up to the millisecond cached;
+    every time, in any order, must still read as the plain conversion."""
+    import time
+
+    def plain(wall):
+        sec, frac = divmod(wall, 1_000_000_000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + ".%06dZ" % (frac // 1000)
+
+    offset = 1_700_000_000_000_000_000
+    fmt = records.Formatter(wall_offset_ns=offset)
+    times = [0, 999, 1_000, 999_999, 1_000_000, 1_000_999, 999_999_999, 1_000_000_000,
+             999_999_999, 5, 3_000_000_123_456, 1, 60_000_000_000, -1, -1_000_001]
+    for t in times:
+        assert fmt.ts(t) == plain(t + offset)
+        rec, *_ = records.decode(fmt, raw(t, 1, "CLOSE", "SYN_SENT"))
+        assert rec["ts"] == plain(t + offset)
+
+
 def test_unknown_owner_and_duration_are_null(validator):
     fmt = records.Formatter(0)
     rec, *_ = records.decode(fmt, raw(1, 1, "LISTEN", "SYN_RECV", pid=0, comm=b"", owner=0))

@@ -3,7 +3,7 @@
 The field names and types are those of ``tracer/schema/events.schema.json``,
 the published contract; tests validate every line socktrace writes against
 it.  Formatting is on the per-event hot path, so addresses, comm strings and
-the seconds part of timestamps are cached: a busy host has few distinct
+timestamps up to the millisecond are cached: a busy host has few distinct
 values of each.
 
 >>> fmt = Formatter(wall_offset_ns=0)
@@ -29,6 +29,10 @@ SOCKET = "socket"
 SUMMARY = "summary"
 
 
+# the last three digits of a timestamp: see Formatter.ts
+_US3 = tuple("%03dZ" % us for us in range(1000))
+
+
 def monotonic_to_wall_ns():
     """CLOCK_REALTIME - CLOCK_MONOTONIC: kernel timestamps are monotonic."""
     return time.time_ns() - time.monotonic_ns()
@@ -40,20 +44,33 @@ class Formatter:
     def __init__(self, wall_offset_ns=None):
         self.wall_offset = (monotonic_to_wall_ns() if wall_offset_ns is None
                             else wall_offset_ns)
-        self._sec = -1
+        # Timestamps come in bursts (hundreds per millisecond in a storm):
+        # the text up to the milliseconds is made once per millisecond and
+        # each record only appends its microseconds ("123Z", from _US3).
+        self._ms_ns = -1 << 80         # wall ns where that millisecond starts
+        self._ms_text = ""             # "2023-11-14T22:13:20.123"
+        self._sec = None
         self._sec_text = ""
         self._addrs = {4: {}, 6: {}}     # family -> {16 raw bytes: text}
         self._comms = {}
-        self._pids = {}
 
     def ts(self, mono_ns):
         """RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC time."""
-        wall = mono_ns + self.wall_offset
+        us = (mono_ns + self.wall_offset - self._ms_ns) // 1000
+        if not 0 <= us < 1000:
+            us = self._new_ms(mono_ns + self.wall_offset)
+        return self._ms_text + _US3[us]
+
+    def _new_ms(self, wall):
+        """Move the millisecond cache to *wall*; returns its microseconds."""
         sec, frac = divmod(wall, 1_000_000_000)
         if sec != self._sec:
             self._sec = sec
             self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return "%s.%06dZ" % (self._sec_text, frac // 1000)
+        ms, ns = divmod(frac, 1_000_000)
+        self._ms_ns = wall - ns
+        self._ms_text = "%s.%03d" % (self._sec_text, ms)
+        return ns // 1000
 
     def addr(self, family, raw16):
         """16 bytes as the tracepoint gives them (IPv4 mapped) -> text."""
@@ -68,12 +85,6 @@ class Formatter:
                 cache.clear()
             cache[raw16] = text
         return text
-
-    def pid(self, pid):
-        """0 (unknown) -> None; else one shared int object per pid."""
-        if not pid:
-            return None
-        return self._pids.setdefault(pid, pid)
 
     def comm(self, raw):
         text = self._comms.get(raw)
@@ -106,20 +117,21 @@ def decode(fmt, raw, source="bpf"):
     """
     (ts_ns, sk, twaddr, in_old, saddr, daddr, pid, sport, dport, family,
      old, new, owner_from, flags, reason, via, kind, comm) = raw
-    sec, frac = divmod(ts_ns + fmt.wall_offset, 1_000_000_000)
-    if sec != fmt._sec:
-        fmt.ts(ts_ns)
+    us = (ts_ns + fmt.wall_offset - fmt._ms_ns) // 1000      # see Formatter.ts
+    if not 0 <= us < 1000:
+        us = fmt._new_ms(ts_ns + fmt.wall_offset)
     addrs = fmt._addrs[family]
     laddr = addrs.get(saddr) or fmt.addr(family, saddr)
     raddr = addrs.get(daddr) or fmt.addr(family, daddr)
     if pid:
-        pid = fmt._pids.get(pid) or fmt.pid(pid)
+        # the pid itself needs no interning: the table keeps it only inside
+        # an interned meta tuple (table._meta)
         comm = fmt._comms.get(comm) or fmt.comm(comm)
     else:
         pid = comm = None
     rec = {
         "type": STATE if kind == _KIND_STATE else "handoff",
-        "ts": "%s.%06dZ" % (fmt._sec_text, frac // 1000),
+        "ts": fmt._ms_text + _US3[us],
         "sk": "%x" % sk,
         "family": family,
         "laddr": laddr,
