@@ -12,19 +12,28 @@ connection: the freed socket address may be reused at once by a new socket
 while the old connection still sits in TIME_WAIT.
 """
 
-import math
 import random
 import struct
 import time
+from math import exp as _exp
+from math import log as _log
+from math import log1p as _log1p
 
 from . import states
 
 
-_HEAD = struct.Struct("<QQ")      # since (ns), socket address
+# Conn.blob: socket address, the steps so far, since (ns) last: a move
+# rewrites the tail in one pack, <step><since>, and keeps the rest.
+_HEAD = struct.Struct("<QQ")      # socket address, since: a new socket
 _TS = struct.Struct("<Q")
 _STEP = struct.Struct("<BQ")      # state number, ns spent in it
+_STEP_TS = struct.Struct("<BQQ")  # a step, then the new since
+_ts = _TS.pack
+_step_ts = _STEP_TS.pack
 _NUM = states.NUMBERS
 _NAME = states.NAMES
+_random = random.random            # the module's generator: random.seed() applies
+_getrandbits = random.getrandbits
 _META = {}                        # (pid, comm, owner_from, family, role, lower bound) -> itself
 
 
@@ -40,8 +49,9 @@ class Conn:
     family, role and the lower-bound flag, interned.  Measured by
     bench/table_memory.py: under 300 bytes per socket.
 
-    ``moved`` runs once per event: it re-packs the 8-byte timestamp and
-    appends one step, nothing else."""
+    The blob is the socket address, the steps so far, then ``since``: a move
+    (once per event, inlined in ConnTable.apply) replaces the last 8 bytes
+    with one step and the new since, packed together."""
 
     __slots__ = ("laddr", "lport", "raddr", "rport", "meta", "state", "blob")
 
@@ -50,9 +60,11 @@ class Conn:
         self.lport = rec["lport"]
         self.raddr = rec["raddr"]
         self.rport = rec["rport"]
-        self.meta = _meta(rec["pid"], rec["comm"], rec["owner_from"], rec["family"], role, False)
+        # _meta inlined: in a storm every other event makes a socket
+        key = (rec["pid"], rec["comm"], rec["owner_from"], rec["family"], role, False)
+        self.meta = _META.setdefault(key, key)
         self.state = rec["old"]
-        self.blob = _HEAD.pack(since, sk)
+        self.blob = _HEAD.pack(sk, since)
 
     pid = property(lambda self: self.meta[0])
     comm = property(lambda self: self.meta[1])
@@ -60,8 +72,8 @@ class Conn:
     family = property(lambda self: self.meta[3])
     role = property(lambda self: self.meta[4])
     lower_bound = property(lambda self: self.meta[5])
-    since = property(lambda self: _TS.unpack_from(self.blob)[0])
-    sk = property(lambda self: _HEAD.unpack_from(self.blob)[1])
+    since = property(lambda self: _TS.unpack_from(self.blob, len(self.blob) - 8)[0])
+    sk = property(lambda self: _TS.unpack_from(self.blob)[0])
 
     def set_owner(self, pid, comm, how):
         self.meta = _meta(pid, comm, how, *self.meta[3:])
@@ -74,20 +86,20 @@ class Conn:
         """Re-base a socket older than the tracer: in its state since at least *since*."""
         m = self.meta
         self.meta = _meta(m[0], m[1], m[2], m[3], m[4], lower_bound)
-        self.blob = _TS.pack(since) + self.blob[8:]
+        self.blob = self.blob[:-8] + _TS.pack(since)
 
     def moved(self, ts, old, new, spent):
         """Left *old* for *new* at *ts* after *spent* ns (None: unknown,
-        nothing recorded)."""
+        nothing recorded).  ConnTable.apply does the same inline."""
         if spent is not None and old != "CLOSE" and old != "LISTEN":
-            self.blob = _TS.pack(ts) + self.blob[8:] + _STEP.pack(_NUM[old], spent)
+            self.blob = self.blob[:-8] + _STEP_TS.pack(_NUM[old], spent, ts)
         else:
-            self.blob = _TS.pack(ts) + self.blob[8:]
+            self.blob = self.blob[:-8] + _TS.pack(ts)
         self.state = new
 
     def history(self):
         """[(state name, ns)] of the states left so far, in order."""
-        return [(_NAME[n], ns) for n, ns in _STEP.iter_unpack(self.blob[_HEAD.size:])]
+        return [(_NAME[n], ns) for n, ns in _STEP.iter_unpack(self.blob[8:-8])]
 
 
 class Reservoir:
@@ -97,35 +109,48 @@ class Reservoir:
     Sampling is Li's "Algorithm L": once the sample is full it draws how
     many values to skip before the next replacement, so a typical add is a
     counter bump rather than a random draw (this runs once per event).
+    ``due`` is the count of the next value that goes into the sample: an
+    add is count, max and one test against it (ConnTable.apply inlines
+    those), and only a due value costs the call to ``take``.
     """
 
-    __slots__ = ("count", "max", "sample", "size", "_next", "_w")
+    __slots__ = ("count", "max", "due", "sample", "size", "_w", "_bits")
 
     def __init__(self, size=10_000):
         self.count = 0
         self.max = 0
+        self.due = 0          # while the sample fills, every value is due
         self.sample = []
         self.size = size
         self._w = 1.0
-        self._next = size
+        self._bits = size.bit_length()
 
     def add(self, ns):
         self.count += 1
         if ns > self.max:
             self.max = ns
-        if self.count <= self.size:
-            self.sample.append(ns)
-            if self.count == self.size:
-                self._skip()
-        elif self.count == self._next:
-            self.sample[random.randrange(self.size)] = ns
-            self._skip()
+        if self.count >= self.due:
+            self.take(ns)
 
-    def _skip(self):
-        # 1 - random() is in (0, 1]: log() never sees 0
-        self._w *= math.exp(math.log(1.0 - random.random()) / self.size)
-        gap = math.log(1.0 - random.random()) / math.log1p(-self._w) if self._w < 1.0 else 0.0
-        self._next = self.count + int(gap) + 1
+    def take(self, ns):
+        """The rest of ``add`` for a due value (already counted).  While the
+        table warms up this is a third of all adds, hence the local names."""
+        size = self.size
+        if self.count <= size:
+            self.sample.append(ns)
+            if self.count < size:
+                return
+        else:
+            # random.randrange(size) the way it draws (the same stream),
+            # without its argument checks: a third of the cost of a take
+            i = _getrandbits(self._bits)
+            while i >= size:
+                i = _getrandbits(self._bits)
+            self.sample[i] = ns
+        # the next skip; 1 - random() is in (0, 1]: log() never sees 0
+        self._w = w = self._w * _exp(_log(1.0 - _random()) / size)
+        gap = _log(1.0 - _random()) / _log1p(-w) if w < 1.0 else 0.0
+        self.due = self.count + int(gap) + 1
 
     def percentiles(self, ps=(50, 90, 99)):
         data = sorted(self.sample)
@@ -133,6 +158,21 @@ class Reservoir:
         for p in ps:
             out["p%d_ns" % p] = data[min(len(data) - 1, int(len(data) * p / 100))] if data else None
         return out
+
+
+class _Exits:
+    """What the table counts per state left: transitions to each next state
+    (``to``: name -> count) and the durations of the state (a Reservoir;
+    None for CLOSE and LISTEN, which are not timed).  One lookup by the
+    state's name finds both, and its number for Conn.blob."""
+
+    __slots__ = ("num", "to", "durations")
+
+    def __init__(self, name):
+        self.num = _NUM.get(name)
+        self.to = {}
+        timed = self.num is not None and name not in ("CLOSE", "LISTEN")
+        self.durations = Reservoir() if timed else None
 
 
 class ConnTable:
@@ -146,8 +186,7 @@ class ConnTable:
         self.seed_expires = {}  # same key -> when a snapshot TIME_WAIT runs out (ns)
         self.seed_listen = {}  # (family, laddr, lport) -> (pid, comm)
         self.evicted = 0
-        self.transitions = {}  # (old, new) -> count
-        self.durations = {}    # state name -> Reservoir
+        self.exits = {}       # state name -> _Exits: transitions, durations
 
     # -- start-up snapshot -------------------------------------------------
 
@@ -194,8 +233,10 @@ class ConnTable:
 
     def apply(self, rec, ts_ns, sk, twaddr):
         """Update the table with one decoded record; fill in what it lacks.
-        Returns a ``closed`` record when a connection has ended, else None."""
-        conn = None
+        Returns a ``closed`` record when a connection has ended, else None.
+
+        This runs once per event, so Reservoir.add and Conn.moved are
+        inlined: a method call costs more than the steps it wraps."""
         if twaddr:
             conn = self.tw.get(twaddr)
             if conn is None:
@@ -215,7 +256,6 @@ class ConnTable:
             conn.set_owner(rec["pid"], rec["comm"], rec["owner_from"])
 
         old = rec["old"]
-        new = rec["new"]
         in_old = rec["in_old_ns"]
         if in_old is None and meta[5] and old == conn.state:
             in_old = ts_ns - conn.since
@@ -224,15 +264,21 @@ class ConnTable:
         if rec["type"] != "state":
             return None      # a hand-off: FIN_WAIT2 goes on, held by a timewait socket
 
-        key = (old, new)
-        transitions = self.transitions
-        transitions[key] = transitions.get(key, 0) + 1
-        if in_old is not None and old != "CLOSE" and old != "LISTEN":
-            res = self.durations.get(old)
-            if res is None:
-                res = self.durations[old] = Reservoir()
-            res.add(in_old)
-        conn.moved(ts_ns, old, new, in_old)
+        new = rec["new"]
+        exits = self.exits.get(old) or self._exits(old)
+        to = exits.to
+        to[new] = to.get(new, 0) + 1
+        res = exits.durations
+        if in_old is not None and res is not None:
+            n = res.count = res.count + 1           # Reservoir.add
+            if in_old > res.max:
+                res.max = in_old
+            if n >= res.due:
+                res.take(in_old)
+            conn.blob = conn.blob[:-8] + _step_ts(exits.num, in_old, ts_ns)   # Conn.moved
+        else:
+            conn.blob = conn.blob[:-8] + _ts(ts_ns)
+        conn.state = new
 
         if new == "CLOSE":
             if twaddr:
@@ -241,6 +287,10 @@ class ConnTable:
                 del self.live[sk]
             return self._closed(conn, rec, ts_ns)
         return None
+
+    def _exits(self, name):
+        exits = self.exits[name] = _Exits(name)
+        return exits
 
     def _new(self, rec, ts_ns, sk, twaddr):
         old = rec["old"]
@@ -282,13 +332,18 @@ class ConnTable:
             self.evicted += 1
 
     def _closed(self, conn, rec, ts_ns):
-        if conn.role == "listener":
+        meta = conn.meta
+        if meta[4] == "listener":
             return None
-        hist = conn.history()
-        path = [name for name, _ in hist]
+        # the history read straight from the blob, in one pass (see Conn.history)
+        path = []
         spent = {}
-        for name, ns in hist:
+        lifetime = 0
+        for num, ns in _STEP.iter_unpack(conn.blob[8:-8]):
+            name = _NAME[num]
+            path.append(name)
             spent[name] = spent.get(name, 0) + ns
+            lifetime += ns
         if "FIN_WAIT1" in path:
             first = "local"
         elif "CLOSE_WAIT" in path:
@@ -298,7 +353,7 @@ class ConnTable:
         last = path[-1] if path else rec["old"]
         if last == "SYN_SENT":
             end = "refused" if (rec["in_old_ns"] or 0) < 3_000_000_000 else "timeout"
-        elif last in ("TIME_WAIT", "LAST_ACK"):
+        elif last == "TIME_WAIT" or last == "LAST_ACK":
             end = "normal"
         elif last == "FIN_WAIT2" and rec.get("reason") == "expired":
             end = "timeout"
@@ -306,11 +361,12 @@ class ConnTable:
             end = "normal"
         else:
             end = "reset"
+        path.append("CLOSE")
         out = {
             "type": "closed",
             "ts": rec["ts"],
             "sk": rec["sk"],
-            "family": conn.family,
+            "family": meta[3],
             "laddr": rec["laddr"],
             "lport": rec["lport"],
             "raddr": rec["raddr"],
@@ -318,15 +374,15 @@ class ConnTable:
             "pid": rec["pid"],
             "comm": rec["comm"],
             "owner_from": rec["owner_from"],
-            "role": conn.role,
-            "lifetime_ns": sum(spent.values()),
+            "role": meta[4],
+            "lifetime_ns": lifetime,
             "states": spent,
-            "path": path + ["CLOSE"],
+            "path": path,
             "closed_first": first,
             "end": end,
             "source": rec["source"],
         }
-        if conn.lower_bound:
+        if meta[5]:
             out["lower_bound"] = True
         if self.source == "proc":
             out["approx"] = True
@@ -376,15 +432,20 @@ class ConnTable:
         return counts
 
     def summary(self, ts):
+        transitions = sorted(((old, new), n) for old, exits in self.exits.items()
+                             for new, n in exits.to.items())
         durations = {}
-        for name, res in sorted(self.durations.items()):
+        for name, exits in sorted(self.exits.items()):
+            res = exits.durations
+            if res is None or not res.count:
+                continue
             d = {"count": res.count, "max_ns": res.max}
             d.update(res.percentiles())
             durations[name] = d
         return {
             "type": "summary",
             "ts": ts,
-            "transitions": {"%s->%s" % k: v for k, v in sorted(self.transitions.items())},
+            "transitions": {"%s->%s" % k: v for k, v in transitions},
             "durations": durations,
             "current": self.current_states(),
             "evicted": self.evicted,
