@@ -431,9 +431,14 @@ class ConnTable:
             counts[conn.state] = counts.get(conn.state, 0) + 1
         return counts
 
+    @property
+    def transitions(self):
+        """{(old, new): count} of every transition seen."""
+        return {(old, new): n for old, exits in self.exits.items()
+                for new, n in exits.to.items()}
+
     def summary(self, ts):
-        transitions = sorted(((old, new), n) for old, exits in self.exits.items()
-                             for new, n in exits.to.items())
+        transitions = sorted(self.transitions.items())
         durations = {}
         for name, exits in sorted(self.exits.items()):
             res = exits.durations
