@@ -9,12 +9,15 @@ It builds the ring-buffer bytes a client-first loopback storm produces (11
 records per connection: 5 client transitions, the FIN_WAIT2 hand-off, 5
 server transitions; each conn owned, with in_old_ns), decodes them with the
 backend's bulk reader and pushes them through the same ``Pipeline`` and
-``JsonSink`` socktrace runs, writing NDJSON to /dev/null.  It prints
-microseconds per record for each stage and in total.  Figures on the project
-VM are in bench/README.md ("hotpath"); a change that makes ``total`` worse
-by more than the run-to-run spread needs a reason.
+``JsonSink`` socktrace runs, writing NDJSON to /dev/null, with the garbage
+collector set up as ``run.run()`` sets it (see there): frozen start-up, no
+automatic collection, one young-generation collection after each read.  It
+prints microseconds per record for each stage and in total.  Figures on the
+project VM are in bench/README.md ("hotpath"); a change that makes ``total``
+worse by more than the run-to-run spread needs a reason.
 """
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -72,14 +75,14 @@ def storm_bytes(conns):
 
 
 def once(span, n, batch):
-    """(decode s, pipeline s, sink s) for one pass over *span*."""
+    """(decode s, pipeline s, sink s, free + gc s) for one pass over *span*."""
     fmt = records.Formatter(0)
     table = ConnTable(0)
     feed = Pipeline(fmt, table, None, "bpf").feed
     sink = JsonSink(os.devnull)
     stride = bpf_backend._STRIDE
     body = bpf_backend._BODY
-    t_dec = t_pipe = t_sink = 0.0
+    t_dec = t_pipe = t_sink = t_gc = 0.0
     for start in range(0, n, batch):
         chunk = span[start * stride:min(n, start + batch) * stride]
         t0 = time.perf_counter()
@@ -89,11 +92,15 @@ def once(span, n, batch):
         t2 = time.perf_counter()
         sink.write(out)
         t3 = time.perf_counter()
+        del items, out         # the batch goes, then a young collection,
+        gc.collect(0)          # as in run.run() after each read
+        t4 = time.perf_counter()
         t_dec += t1 - t0
         t_pipe += t2 - t1
         t_sink += t3 - t2
+        t_gc += t4 - t3
     sink.close()
-    return t_dec, t_pipe, t_sink
+    return t_dec, t_pipe, t_sink, t_gc
 
 
 def main():
@@ -105,14 +112,17 @@ def main():
     args = ap.parse_args()
     span = storm_bytes(args.conns)
     n = len(span) // bpf_backend._STRIDE
+    gc.freeze()                # as run.run() does when its loop starts
+    gc.disable()
     rows = [once(span, n, args.batch) for _ in range(args.runs)]
     us = lambda xs: statistics.median(xs) / n * 1e6  # noqa: E731
-    dec, pipe, sink = (us([r[i] for r in rows]) for i in range(3))
+    dec, pipe, sink, young = (us([r[i] for r in rows]) for i in range(4))
     total = us([sum(r) for r in rows])
     print("hotpath: %d records (%d connections), %d runs, medians" % (n, args.conns, args.runs))
     print("  bulk decode   %6.3f us/record" % dec)
     print("  pipeline      %6.3f us/record  (decode to dict, table, filter)" % pipe)
     print("  sink          %6.3f us/record  (NDJSON, one write per batch)" % sink)
+    print("  free + gc     %6.3f us/record  (the batch freed, one young collection)" % young)
     print("  total         %6.3f us/record  = %.0f records/s on one core" % (total, 1e6 / total))
     if args.profile:
         import cProfile

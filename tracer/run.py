@@ -7,6 +7,7 @@ one go, sleep a little when the host is quiet, stop cleanly on a signal or
 when --duration runs out.
 """
 
+import gc
 import os
 import signal
 import sys
@@ -157,10 +158,23 @@ def run(args, ports=(), lports=(), rports=()):
         s["source"] = src
         return s
 
+    # Garbage collection while streaming.  Nothing on the hot path makes a
+    # reference cycle: records, sockets and their blobs all go by reference
+    # counts.  Left automatic, the collector walks every young object each
+    # 700 allocations (each read's raw tuples: ~0.2 us a record in
+    # bench/hotpath.py) and, once the table is big, every socket in each
+    # full collection (240 ms at 2M sockets, every ~12 s of a TIME_WAIT
+    # storm).  So: what start-up built (modules, BPF objects, the snapshot)
+    # is frozen out of its reach, automatic collection is off, and after
+    # each read, when its batch is gone, one young-generation collection
+    # catches any cycle library code made since (a few us).
+    gc.freeze()
+    gc.disable()
     try:
         try:
             while not flags.stop:
                 n = pump()
+                gc.collect(0)
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
@@ -186,6 +200,8 @@ def run(args, ports=(), lports=(), rports=()):
             args.no_report = True
         final = summarize()
     finally:
+        gc.enable()
+        gc.unfreeze()
         backend.close()
         sink.close()
     if not args.no_report:
