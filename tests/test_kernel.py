@@ -491,6 +491,14 @@ def _key(e):
     return base
 
 
+def side_by_side(trace, tracer_run, since):
+    """A second socktrace's events and the main trace's since *since*, once
+    stragglers had time to come in and the second one is still running fine."""
+    time.sleep(0.3)
+    trace.assert_clean_exit()
+    return trace.events(), tracer_run.events(since)
+
+
 def _compare(filtered, expected, what):
     got = sorted(map(_key, filtered))
     want = sorted(map(_key, expected))
@@ -536,10 +544,7 @@ def test_filter_port(tracer_run, tmp_path):
                     return False
             return True
         tracer_run.wait_for(all_in_main, since=m, what="the workload in the main trace")
-        time.sleep(0.3)
-        trace.assert_clean_exit()
-        out = trace.events()
-        main = tracer_run.events(m)
+        out, main = side_by_side(trace, tracer_run, m)
     finally:
         trace.stop()
         tracer_run.extra_outputs.append(trace.path)
@@ -614,10 +619,7 @@ def test_classic_tracepoints_match_raw(tracer_run, tmp_path):
             return True
         tracer_run.wait_for(complete, since=m, what="the workload in the main trace")
         trace.wait_for(complete, what="the workload in the classic trace")
-        time.sleep(0.3)
-        trace.assert_clean_exit()
-        out = trace.events()
-        main = tracer_run.events(m)
+        out, main = side_by_side(trace, tracer_run, m)
     finally:
         trace.stop()
         tracer_run.extra_outputs.append(trace.path)
@@ -674,10 +676,7 @@ def test_filter_pid_ipv6(tracer_run, tmp_path):
                     return False
             return True
         tracer_run.wait_for(all_in_main, since=m, what="the workload in the main trace")
-        time.sleep(0.3)
-        trace.assert_clean_exit()
-        out = trace.events()
-        main = tracer_run.events(m)
+        out, main = side_by_side(trace, tracer_run, m)
     finally:
         other.close()
         if trace is not None:
