@@ -167,7 +167,8 @@ def run(args, ports=(), lports=(), rports=()):
     # storm).  So: what start-up built (modules, BPF objects, the snapshot)
     # is frozen out of its reach, automatic collection is off, and after
     # each read, when its batch is gone, one young-generation collection
-    # catches any cycle library code made since (a few us).
+    # catches any cycle library code made since (a few us).  A cycle that
+    # outlives its read would never be collected; none is known here.
     gc.freeze()
     gc.disable()
     try:
