@@ -387,9 +387,15 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	e.sport = sport;
 	e.dport = dport;
 	e.family = family == ST_AF_INET6 ? 6 : 4;
+#ifdef ST_RAW_TP
+	/* the raw front end read them onto its stack already */
+	__builtin_memcpy(e.saddr, saddr6, 16);
+	__builtin_memcpy(e.daddr, daddr6, 16);
+#else
 	/* helper copy: the verifier refuses loads through a moved ctx pointer */
 	bpf_probe_read_kernel(e.saddr, 16, saddr6);
 	bpf_probe_read_kernel(e.daddr, 16, daddr6);
+#endif
 
 	/* Owner: only connect() and listen() run in the owner's context. */
 	if (new == TCP_SYN_SENT || new == TCP_LISTEN) {

@@ -120,7 +120,6 @@ class BpfBackend:
         self.pids = set(pids)
         self.timewait = timewait
         self.notes = []          # one-line caveats for stderr (degraded features)
-        self.tracepoints = None  # "raw" or "classic", once open
         self._bpf = None
         self._rb = None
         self._counters_seen = {}
@@ -176,7 +175,6 @@ class BpfBackend:
         kernels without a ring buffer or without sock:inet_sock_set_state,
         no BTF for the struct sock fields, or SOCKTRACE_TRACEPOINTS=classic
         (tests and benchmarks compare the two)."""
-        self.tracepoints = "classic"
         if (os.environ.get("SOCKTRACE_TRACEPOINTS") == "classic" or self.use_perfbuf
                 or self.tp_category != "sock"):
             return []
@@ -189,7 +187,6 @@ class BpfBackend:
             offs = btf.member_offsets(wanted)
         except btf.BTFError:
             return []
-        self.tracepoints = "raw"
         return ["-DST_RAW_TP"] + ["-D%s=%d" % (macro, offs[key][0])
                                   for macro, key in _RAW_TP_MACROS.items()]
 

@@ -88,15 +88,6 @@ class Conn:
         self.meta = _meta(m[0], m[1], m[2], m[3], m[4], lower_bound)
         self.blob = self.blob[:-8] + _TS.pack(since)
 
-    def moved(self, ts, old, new, spent):
-        """Left *old* for *new* at *ts* after *spent* ns (None: unknown,
-        nothing recorded).  ConnTable.apply does the same inline."""
-        if spent is not None and old != "CLOSE" and old != "LISTEN":
-            self.blob = self.blob[:-8] + _STEP_TS.pack(_NUM[old], spent, ts)
-        else:
-            self.blob = self.blob[:-8] + _TS.pack(ts)
-        self.state = new
-
     def history(self):
         """[(state name, ns)] of the states left so far, in order."""
         return [(_NAME[n], ns) for n, ns in _STEP.iter_unpack(self.blob[8:-8])]
@@ -235,8 +226,9 @@ class ConnTable:
         """Update the table with one decoded record; fill in what it lacks.
         Returns a ``closed`` record when a connection has ended, else None.
 
-        This runs once per event, so Reservoir.add and Conn.moved are
-        inlined: a method call costs more than the steps it wraps."""
+        This runs once per event, so Reservoir.add and the socket's move
+        (see Conn) are inlined: a method call costs more than the steps it
+        wraps."""
         if twaddr:
             conn = self.tw.get(twaddr)
             if conn is None:
@@ -275,7 +267,7 @@ class ConnTable:
                 res.max = in_old
             if n >= res.due:
                 res.take(in_old)
-            conn.blob = conn.blob[:-8] + _step_ts(exits.num, in_old, ts_ns)   # Conn.moved
+            conn.blob = conn.blob[:-8] + _step_ts(exits.num, in_old, ts_ns)   # a step, then since
         else:
             conn.blob = conn.blob[:-8] + _ts(ts_ns)
         conn.state = new
