@@ -751,7 +751,10 @@ def test_live_time_wait_expiry(tmp_path):
         t.wait(in_state(key, "TIME_WAIT"), TWO_POLLS, "TIME_WAIT")
         r = t.wait(in_state(key, "CLOSE"), 60 + 10, "TIME_WAIT -> CLOSE")
         assert r["old"] == "TIME_WAIT" and r["pid"] == os.getpid()
-        assert 59 * 10**9 <= r["in_old_ns"] <= 61 * 10**9 + 2 * INTERVAL * 10**9
+        # TCP_TIMEWAIT_LEN is 60 s and the timer wheel rounds long timers up
+        # (test_kernel.py's expiry test sees up to 64 s); polls add up to two
+        # intervals.  61 s here failed once at 61.56 s on a loaded host.
+        assert 59 * 10**9 <= r["in_old_ns"] <= 64 * 10**9 + 2 * INTERVAL * 10**9
         validate(r)
     finally:
         t.stop()
