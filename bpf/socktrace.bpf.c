@@ -187,12 +187,6 @@ static __always_inline void emit(void *ctx, const struct st_event *src)
 	}
 #else
 	struct st_event *e = events.ringbuf_reserve(sizeof(*e));
-	/* On 6.18 a reservation now and then fails with the buffer nearly
-	 * empty, mostly in softirq (1-3 per 360k records at 6k conn/s); an
-	 * immediate second try succeeded for a third of them (bench/README.md,
-	 * "Isolated reservation failures").  Only a failure pays for it. */
-	if (!e)
-		e = events.ringbuf_reserve(sizeof(*e));
 	if (!e) {
 		count(derived ? ST_CNT_DERIVED_LOST : ST_CNT_RINGBUF_LOST);
 		return;

@@ -319,11 +319,19 @@ class _RingReader:
         self.prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED,
                               mmap.PROT_READ, offset=page)
         self.data_off = page
+        # The positions are shared with producers on other CPUs, so each is
+        # read and written as one 8-byte access (memoryview "Q" items).
+        # struct.pack_into would not do: it zeroes its target, then writes
+        # it byte by byte, and a producer that reads consumer_pos in between
+        # sees a buffer that looks full and drops its record (that was the
+        # "reservation fails with the buffer nearly empty" of bench/README).
+        self._cons_pos = memoryview(self.cons).cast("Q")
+        self._prod_pos = memoryview(self.prod)[:8].cast("Q")
 
     def read(self):
-        cons_pos = _U64.unpack_from(self.cons, 0)[0]
-        prod_pos = _U64.unpack_from(self.prod, 0)[0]
-        if cons_pos == prod_pos:
+        cons_pos = self._cons_pos[0]
+        prod_pos = self._prod_pos[0]
+        if prod_pos <= cons_pos:
             return []
         # Every record is one st_event, so records sit at a fixed stride and
         # the data pages are mapped twice (no wrap-around): the whole span
@@ -343,7 +351,7 @@ class _RingReader:
             more, cons_pos = self._read_slow(cons_pos, prod_pos)
             out += more
         # release the space to the producers
-        _U64.pack_into(self.cons, 0, cons_pos)
+        self._cons_pos[0] = cons_pos
         return out
 
     def _read_slow(self, cons_pos, prod_pos):
@@ -363,6 +371,8 @@ class _RingReader:
         return out, cons_pos
 
     def close(self):
+        self._cons_pos.release()
+        self._prod_pos.release()
         self.cons.close()
         self.prod.close()
 
