@@ -609,7 +609,7 @@ static __always_inline __u16 read_u16(__u64 addr)
 }
 
 /* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate) */
-RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 sk = ctx->args[0];
 	__u8 saddr[16] = {}, daddr[16] = {};
@@ -634,6 +634,65 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		bpf_probe_read_kernel(daddr + 12, 4, (void *)(sk + ST_OFF_SKC_DADDR));
 	}
 	return on_set_state(ctx, sk, old, new, sport, dport, family, saddr, daddr);
+}
+
+/* The kernel skips a program that its own tracepoint interrupts on the
+ * same CPU: a softirq changes a TCP state while the program runs for a
+ * process-context transition (close(), connect()), or just after, while
+ * the kernel still counts it as running, and the softirq's transition is
+ * lost.  So inet_sock_set_state has two programs, run in attach order: the
+ * main one, which first pushes the transition's identity on a per-CPU
+ * stack, and a backup (tracer/bpf_backend.py attaches it second), which
+ * pops it when it is on top, i.e. when the main program ran for this
+ * transition, and otherwise does the work itself.  Transitions that nest
+ * in between are balanced (push, pop) or handled by the backup (no push),
+ * so the top is the current transition whenever the main program ran for
+ * it.  TCP states change in process and softirq context only, so one of
+ * the two programs is always free: the main one's recursion misses minus
+ * ST_CNT_RECOVERED should be 0, and user space reports what is not. */
+struct st_running {
+	__u64 sk;
+	__u32 states;			/* old << 8 | new */
+	__u32 pad;
+};
+struct st_stack {
+	__u32 depth;
+	__u32 pad;
+	struct st_running top[4];	/* indexed depth & 3 */
+};
+BPF_PERCPU_ARRAY(set_state_stack, struct st_stack, 1);
+
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+	int zero = 0;
+	struct st_stack *st = set_state_stack.lookup(&zero);
+
+	if (st) {
+		struct st_running *r = &st->top[st->depth & 3];
+		r->sk = ctx->args[0];
+		r->states = (__u32)ctx->args[1] << 8 | (__u32)ctx->args[2];
+		st->depth++;
+	}
+	return raw_set_state(ctx);
+}
+
+int set_state_backup(struct bpf_raw_tracepoint_args *ctx)
+{
+	int zero = 0;
+	struct st_stack *st = set_state_stack.lookup(&zero);
+
+	if (!st)
+		return 0;
+	if (st->depth) {
+		struct st_running *r = &st->top[(st->depth - 1) & 3];
+		if (r->sk == ctx->args[0] &&
+		    r->states == ((__u32)ctx->args[1] << 8 | (__u32)ctx->args[2])) {
+			st->depth--;
+			return 0;	/* the main program ran for this one */
+		}
+	}
+	count(ST_CNT_RECOVERED);
+	return raw_set_state(ctx);
 }
 
 /* TP_PROTO(struct timer_list *timer, unsigned long expires, ...) */

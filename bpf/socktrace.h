@@ -56,7 +56,10 @@ enum st_counter {
 	ST_CNT_DERIVED_LOST = 3,	/* ST_F_DERIVED records that did not fit */
 	ST_CNT_DERIVED_SENT = 4,	/* ST_F_DERIVED records submitted (not a loss):
 					 * lets user space split what it received */
-	ST_NR_COUNTERS      = 5,
+	ST_CNT_RECOVERED    = 5,	/* transitions the kernel skipped the main
+					 * program for and the backup one handled
+					 * (not a loss: see "attachment") */
+	ST_NR_COUNTERS      = 6,
 };
 
 struct st_event {

@@ -82,6 +82,7 @@ def test_enums_come_from_the_header():
     assert wire.REASON == {0: "none", 1: "expired", 2: "reused", 3: "killed"}
     assert wire.VIA == {0: "kernel", 1: "timer", 2: "peer"}
     assert wire.COUNTERS == {0: "ringbuf_lost", 1: "socks_full", 2: "tw_full",
-                             3: "derived_lost", 4: "derived_sent"}
+                             3: "derived_lost", 4: "derived_sent", 5: "recovered"}
     assert "derived_sent" not in wire.LOSS_COUNTERS and "missed" in wire.LOSS_COUNTERS
+    assert "recovered" not in wire.LOSS_COUNTERS
     assert wire.COMM_LEN == 16

@@ -122,6 +122,7 @@ class BpfBackend:
         self.notes = []          # one-line caveats for stderr (degraded features)
         self._bpf = None
         self._rb = None
+        self._backup_link = None
         self._counters_seen = {}
 
     # -- set-up --------------------------------------------------------------
@@ -208,12 +209,16 @@ class BpfBackend:
         from bcc import BPF  # lazy: the proc backend must work without bcc
 
         src = wire.bpf_dir() / "socktrace.bpf.c"
+        cflags = self.cflags()
         # bcc prints compiler errors to stderr itself; keep ours to one line.
         try:
             with _quiet_stderr():
                 self._bpf = BPF(src_file=str(src).encode(),
-                                cflags=["-I%s" % wire.bpf_dir(), "-w"] + self.cflags())
+                                cflags=["-I%s" % wire.bpf_dir(), "-w"] + cflags)
+                if "-DST_RAW_TP" in cflags:
+                    self._attach_backup()
         except Exception as e:  # bcc raises bare Exception on compile/load errors
+            self.close()
             raise Unavailable("BPF program failed to load: %s" % _one_line(e))
         self._fill_filters()
         if self.use_perfbuf:
@@ -225,6 +230,20 @@ class BpfBackend:
             self._rb = _RingReader(self._bpf["events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE)
         self._counters = self._bpf["counters"]
         return self
+
+    def _attach_backup(self):
+        """The second inet_sock_set_state program (see the BPF program's
+        "attachment" section).  It must run after the main one, which bcc
+        attached when it loaded the program; bcc keeps one program per raw
+        tracepoint, so this link is ours to close."""
+        from bcc import BPF
+        from bcc.libbcc import lib
+
+        fn = self._bpf.load_func(_BACKUP, BPF.RAW_TRACEPOINT)
+        fd = lib.bpf_attach_raw_tracepoint(fn.fd, b"inet_sock_set_state")
+        if fd < 0:
+            raise Exception("attaching %s failed: %s" % (_BACKUP.decode(), os.strerror(ctypes.get_errno())))
+        self._backup_link = fd
 
     def _fill_filters(self):
         if self.ports or self.lports or self.rports:
@@ -259,12 +278,15 @@ class BpfBackend:
     def counters(self):
         """Kernel-side counters summed over CPUs, by name, plus the kernel's
         own count of runs it skipped (see _missed)."""
+        # the kernel's skip counts first: see _missed for why the order matters
+        missed = self._missed()
         out = {}
         for idx, name in wire.COUNTERS.items():
             out[name] = sum(self._counters[ctypes.c_int(idx)])
         if self.use_perfbuf:
             out["ringbuf_lost"] += self._perf_lost
-        out.update(self._missed())
+        missed["missed"] -= out["recovered"]
+        out.update(missed)
         return out
 
     def _missed(self):
@@ -273,12 +295,22 @@ class BpfBackend:
         its softirq changed a TCP state): the event is dropped and only the
         program's recursion_misses counter knows.  ``missed``: transitions
         never seen; ``timer_missed``: timer events never seen (some TIME_WAIT
-        may be misreported).  0 on kernels before 5.12, which do not count."""
+        may be misreported).  0 on kernels before 5.12, which do not count.
+
+        With raw tracepoints the backup program handles most transitions the
+        main one is skipped for; counters() takes its ``recovered`` count
+        off.  The skip count is read first: a skip and its recovery are
+        ~100 ns apart, so reading them in this order can miss a skip whose
+        recovery it counts (a transient undercount that the next read
+        corrects: lost() only reports increases), but not the reverse.
+        The backup's own skips are not losses: it is skipped only while it
+        runs itself, and then the main program is free."""
         out = {"missed": 0, "timer_missed": 0}
         for fn in self._bpf.funcs.values():
-            n = _prog_misses(fn.fd)
             name = fn.name if isinstance(fn.name, bytes) else fn.name.encode()
-            out["timer_missed" if b"timer" in name else "missed"] += n
+            if name == _BACKUP:
+                continue
+            out["timer_missed" if b"timer" in name else "missed"] += _prog_misses(fn.fd)
         return out
 
     def lost(self):
@@ -288,7 +320,7 @@ class BpfBackend:
         new = {}
         for name in wire.LOSS_COUNTERS:
             d = now[name] - self._counters_seen.get(name, 0)
-            if d:
+            if d > 0:
                 new[name] = d
                 self._counters_seen[name] = now[name]
         return new
@@ -302,6 +334,9 @@ class BpfBackend:
         if self._rb is not None:
             self._rb.close()
             self._rb = None
+        if self._backup_link is not None:
+            os.close(self._backup_link)
+            self._backup_link = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -389,6 +424,8 @@ _RAW_TP_MACROS = {
     "ST_OFF_INET_SPORT": ("inet_sock", "inet_sport"),
     "ST_OFF_TIMER_FUNCTION": ("timer_list", "function"),
 }
+
+_BACKUP = b"set_state_backup"          # the second inet_sock_set_state program
 
 _PROG_INFO_SIZE = 232                 # struct bpf_prog_info up to verified_insns (5.16)
 _OFF_RECURSION_MISSES = 208

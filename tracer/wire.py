@@ -51,8 +51,10 @@ VIA = _enum(_HEADER, "ST_VIA_")
 FLAGS = {v: k for k, v in _enum(_HEADER, "ST_F_").items()}
 COUNTERS = _enum(_HEADER, "ST_CNT_")
 # what becomes a ``lost`` record: the header's loss counters (derived_sent
-# only splits what was received) and the kernel's skipped program runs
-LOSS_COUNTERS = tuple(n for n in COUNTERS.values() if n != "derived_sent") + (
+# only splits what was received, recovered is taken off missed) and the
+# kernel's skipped program runs
+LOSS_COUNTERS = tuple(n for n in COUNTERS.values()
+                      if n not in ("derived_sent", "recovered")) + (
     "missed", "timer_missed")
 COMM_LEN = int(re.search(r"#define ST_COMM_LEN (\d+)", _HEADER).group(1))
 
