@@ -30,6 +30,12 @@ _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _REC = wire.EVENT.size
 _STRIDE = (_REC + 8 + 7) & ~7        # ring buffer header + record, 8-aligned
+# One read takes at most this many records; run.py reads again at once
+# when a read was this large.  Behind a storm, a read of the whole ring
+# (131k records at 16 MB) was decoded and formatted in one go: the
+# consumer's peak RSS reached 530 MB and the allocator faulted its pages
+# in again for every read.
+MAX_READ = 8192
 _BODY = struct.Struct("<%dx" % 8 + wire.EVENT.format.lstrip("<") + "%dx" % (_STRIDE - 8 - _REC))
 
 
@@ -373,7 +379,7 @@ class _RingReader:
         # decodes in one iter_unpack.  First the headers, also in bulk, to
         # stop at the first record a producer has reserved but not yet
         # committed (BUSY).
-        n = (prod_pos - cons_pos) // _STRIDE
+        n = min((prod_pos - cons_pos) // _STRIDE, MAX_READ)
         start = self.data_off + (cons_pos & self.mask)
         with memoryview(self.prod) as view, view[start:start + n * _STRIDE] as span:
             with span.cast("I") as words:

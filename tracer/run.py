@@ -18,6 +18,7 @@ from .filters import Filter
 
 POLL_S = 0.05          # quiet-host latency: events reach the output within this
 BUSY_BATCH = 2048      # a read this large means more is waiting: read again now
+                       # (bpf_backend.MAX_READ caps a read well above this)
 
 
 class Failure(Exception):
