@@ -647,7 +647,8 @@ static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx)
  * transition, and otherwise does the work itself.  Transitions that nest
  * in between are balanced (push, pop) or handled by the backup (no push),
  * so the top is the current transition whenever the main program ran for
- * it.  TCP states change in process and softirq context only, so one of
+ * it (or, after a softirq hit the backup just before its check, a few
+ * entries below).  TCP states change in process and softirq context only, so one of
  * the two programs is always free: the main one's recursion misses minus
  * ST_CNT_RECOVERED should be 0, and user space reports what is not. */
 struct st_running {
@@ -683,11 +684,15 @@ int set_state_backup(struct bpf_raw_tracepoint_args *ctx)
 
 	if (!st)
 		return 0;
-	if (st->depth) {
-		struct st_running *r = &st->top[(st->depth - 1) & 3];
-		if (r->sk == ctx->args[0] &&
-		    r->states == ((__u32)ctx->args[1] << 8 | (__u32)ctx->args[2])) {
-			st->depth--;
+	/* Usually the top.  Below it only when a softirq came in just before
+	 * this check: its transitions were pushed, and their backup runs were
+	 * skipped because this one was running; those entries are dead. */
+	__u32 states = (__u32)ctx->args[1] << 8 | (__u32)ctx->args[2];
+#pragma unroll
+	for (__u32 i = 1; i <= 4; i++) {
+		struct st_running *r = &st->top[(st->depth - i) & 3];
+		if (st->depth >= i && r->sk == ctx->args[0] && r->states == states) {
+			st->depth -= i;
 			return 0;	/* the main program ran for this one */
 		}
 	}

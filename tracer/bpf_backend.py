@@ -308,7 +308,8 @@ class BpfBackend:
         off.  The skip count is read first: a skip and its recovery are
         ~100 ns apart, so reading them in this order can miss a skip whose
         recovery it counts (a transient undercount that the next read
-        corrects: lost() only reports increases), but not the reverse.
+        corrects: lost() only reports increases); the reverse would need
+        the two further apart than the reads (tens of microseconds).
         The backup's own skips are not losses: it is skipped only while it
         runs itself, and then the main program is free."""
         out = {"missed": 0, "timer_missed": 0}
