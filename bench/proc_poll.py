@@ -257,20 +257,15 @@ class Holders:
 
 def proc_net_count(ports):
     """(lines in /proc/net/tcp{,6}, ESTABLISHED sockets on our listener ports)."""
+    from tracer.procnet import read_file
+
     total = ours = 0
     hexports = {b"%04X" % p for p in ports}
     for name in ("tcp", "tcp6"):
         try:
-            with open("/proc/net/" + name, "rb", buffering=0) as f:
-                chunks = []
-                while True:
-                    c = f.read(1 << 20)
-                    if not c:
-                        break
-                    chunks.append(c)
+            lines = read_file("/proc/net/" + name).split(b"\n")[1:]
         except FileNotFoundError:
             continue
-        lines = b"".join(chunks).split(b"\n")[1:]
         for line in lines:
             f = line.split(None, 4)
             if len(f) < 4:

@@ -61,20 +61,12 @@ def build(force=False, quiet=False):
     return BINARY
 
 
-def positive_int(lo, hi):
+def in_range(kind, lo, hi):
+    """An argparse type: *kind* (int or float) between lo and hi inclusive."""
     def conv(s):
-        v = int(s)
+        v = kind(s)
         if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError("must be in [%d, %d]" % (lo, hi))
-        return v
-    return conv
-
-
-def bounded_float(lo, hi):
-    def conv(s):
-        v = float(s)
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError("must be in [%g, %g]" % (lo, hi))
+            raise argparse.ArgumentTypeError("must be in [%s, %s]" % (lo, hi))
         return v
     return conv
 
@@ -109,35 +101,35 @@ notes:
                         "server reads ECONNRESET then close()s (default: client)")
     p.add_argument("--family", type=int, choices=[4, 6], default=4,
                    help="4: 127.0.0.2..N -> 127.0.0.1; 6: ::1 -> ::1 (default: 4)")
-    p.add_argument("--count", type=positive_int(1, 5_000_000), default=100_000,
+    p.add_argument("--count", type=in_range(int, 1, 5_000_000), default=100_000,
                    help="connections to start (default 100000, cap 5000000)")
-    p.add_argument("--seconds", type=bounded_float(0.001, 600), default=60.0,
+    p.add_argument("--seconds", type=in_range(float, 0.001, 600), default=60.0,
                    help="stop starting connections after S seconds (default 60, cap 600); "
                         "the run ends at --count or --seconds, whichever comes first")
-    p.add_argument("--rate", type=bounded_float(0, 2_000_000), default=0.0,
+    p.add_argument("--rate", type=in_range(float, 0, 2_000_000), default=0.0,
                    help="fixed rate in connections/s (split evenly over client workers); "
                         "omitted or 0 = as fast as possible")
-    p.add_argument("--concurrency", type=positive_int(1, 16000), default=2048,
+    p.add_argument("--concurrency", type=in_range(int, 1, 16000), default=2048,
                    help="connections in flight, counted from socket() until BOTH ends have "
                         "closed (default 2048, cap 16000; split over client workers)")
-    p.add_argument("--ports", type=positive_int(1, 256), default=16,
+    p.add_argument("--ports", type=in_range(int, 1, 256), default=16,
                    help="listener ports base..base+P-1, SO_REUSEADDR (default 16)")
-    p.add_argument("--base-port", type=positive_int(1024, 65535), default=21000,
+    p.add_argument("--base-port", type=in_range(int, 1024, 65535), default=21000,
                    help="first listener port (default 21000, outside the ephemeral range)")
-    p.add_argument("--sources", type=positive_int(0, 250), default=32,
+    p.add_argument("--sources", type=in_range(int, 0, 250), default=32,
                    help="IPv4 only: bind client sockets to 127.0.0.2..127.0.0.(N+1) "
                         "(IP_BIND_ADDRESS_NO_PORT) to multiply 4-tuples; 0 = let the kernel "
                         "pick 127.0.0.1 (default 32)")
-    p.add_argument("--clients", type=positive_int(1, 8), default=2,
+    p.add_argument("--clients", type=in_range(int, 1, 8), default=2,
                    help="client worker processes (default 2)")
-    p.add_argument("--servers", type=positive_int(1, 8), default=1,
+    p.add_argument("--servers", type=in_range(int, 1, 8), default=1,
                    help="server worker processes (default 1)")
-    p.add_argument("--drain", type=bounded_float(0, 60), default=5.0,
+    p.add_argument("--drain", type=in_range(float, 0, 60), default=5.0,
                    help="seconds to wait for connections in flight after the stop (default 5)")
-    p.add_argument("--timeout", type=bounded_float(0.1, 60), default=10.0,
+    p.add_argument("--timeout", type=in_range(float, 0.1, 60), default=10.0,
                    help="per-connection timeout; a connection older than this is closed and "
                         "counted failed (default 10)")
-    p.add_argument("--settle", type=bounded_float(0, 60), default=3.0,
+    p.add_argument("--settle", type=in_range(float, 0, 60), default=3.0,
                    help="at the end, wait up to S s until the kernel has finished every "
                         "connection of the storm (no full socket on the storm's ports left in "
                         "any state but TIME_WAIT/CLOSE; checked with sock_diag), so that all "
