@@ -67,12 +67,69 @@ def require_bpf():
         pytest.skip("eBPF backend unavailable: %s" % why)
 
 
+TW_MARGIN = 2000           # TIME_WAIT sockets the suite may create, generously
+TW_DRAIN_TIMEOUT = 75.0    # TIME_WAIT lasts 60 s (up to ~64 with the timer wheel)
+
+
+def time_wait_room(sockstat="/proc/net/sockstat",
+                   limit="/proc/sys/net/ipv4/tcp_max_tw_buckets"):
+    """(TIME_WAIT sockets now, the kernel's limit), or None if unreadable.
+
+    Past ``tcp_max_tw_buckets`` the kernel closes sockets without a
+    TIME_WAIT (TCPTimeWaitOverflow), so tests that wait for one time out:
+    that happens right after a 100k-connection benchmark storm or two."""
+    try:
+        with open(sockstat) as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    tw = int(fields[fields.index("tw") + 1])
+                    break
+            else:
+                return None
+        with open(limit) as f:
+            return tw, int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_time_wait_room(report=print):
+    """Wait (bounded) until the suite's TIME_WAIT sockets fit under the
+    limit; returns True if they do."""
+    deadline = time.monotonic() + TW_DRAIN_TIMEOUT
+    said = False
+    while True:
+        room = time_wait_room()
+        if room is None or room[0] + TW_MARGIN < room[1]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        if not said:
+            report("\nwaiting up to %.0f s for TIME_WAIT to drain: %d of tcp_max_tw_buckets "
+                   "%d in use (a recent storm?)" % (TW_DRAIN_TIMEOUT, room[0], room[1]))
+            said = True
+        time.sleep(1.0)
+
+
+_tw_checked = []
+LIVE_MODULES = {"test_kernel", "test_proc_backend"}   # real loopback connections
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     # before any fixture of the test is set up, so that a module-scoped
     # socktrace is never started on a host that cannot run it
+    live = (item.get_closest_marker("bpf") is not None
+            or item.module.__name__ in LIVE_MODULES)
     if item.get_closest_marker("bpf") is not None:
         require_bpf()
+    if live and not _tw_checked:
+        _tw_checked.append(wait_for_time_wait_room())
+        if not _tw_checked[0]:
+            room = time_wait_room()
+            pytest.fail("TIME_WAIT table still full after %.0f s (%s of %s): the kernel "
+                        "skips TIME_WAIT; is a storm running?" % ((TW_DRAIN_TIMEOUT,) + room),
+                        pytrace=False)
 
 
 @pytest.fixture(name="require_bpf")
