@@ -20,6 +20,8 @@
  *   ST_FILTER_PORTS     port_filter bitmap is in use
  *   ST_FILTER_LPORTS    ... and holds local-port (--lport) entries
  *   ST_FILTER_PIDS      pid_filter set is in use
+ *   ST_GATE_TIMERS      the timer programs stand idle while no socket that
+ *                       could reach TIME_WAIT passes the filters (see "gate")
  *   ST_RAW_TP           attach raw tracepoints (see "attachment" below), with
  *                       ST_OFF_SK_*, ST_OFF_SKC_*, ST_OFF_INET_SPORT and
  *                       ST_OFF_TIMER_FUNCTION: BTF offsets of what they read
@@ -129,6 +131,19 @@ BPF_PERCPU_ARRAY(pending_cancel, struct st_cancel, 1);
 
 BPF_PERCPU_ARRAY(counters, __u64, ST_NR_COUNTERS);
 
+#ifdef ST_GATE_TIMERS
+/* The gate.  With a port or family filter most sockets never enter our
+ * maps, yet the timer programs run for every timer on the host (a dozen per
+ * loopback connection).  A timewait socket we report is always one we
+ * follow first: a socket reaches TIME_WAIT through FIN_WAIT1 or CLOSING, a
+ * transition that passed the filters and put it in `socks`.  So the timer
+ * programs do nothing while `socks` and `tws` hold no entry of ours:
+ * followed[0] counts those entries (plus 1 from user space when a matching
+ * socket older than us is closing).  An entry whose delete we miss keeps
+ * the gate open: the cost of a miss is speed, never a TIME_WAIT. */
+BPF_ARRAY(followed, __s64, 1);
+#endif
+
 #ifdef ST_FILTER_PORTS
 /* bit 1: either port, bit 2: local port, bit 4: remote port */
 BPF_ARRAY(port_filter, __u8, 65536);
@@ -144,6 +159,40 @@ static __always_inline void count(int idx)
 	__u64 *v = counters.lookup(&idx);
 	if (v)
 		(*v)++;
+}
+
+static __always_inline void follow(__s64 n)
+{
+#ifdef ST_GATE_TIMERS
+	int zero = 0;
+	__s64 *v = followed.lookup(&zero);
+	if (v)
+		__sync_fetch_and_add(v, n);
+#endif
+}
+
+static __always_inline int timers_idle(void)
+{
+#ifdef ST_GATE_TIMERS
+	int zero = 0;
+	__s64 *v = followed.lookup(&zero);
+	return v && *v <= 0;
+#else
+	return 0;
+#endif
+}
+
+/* Map entries go through these two, which keep the gate's count. */
+static __always_inline void forget_sock(__u64 sk)
+{
+	if (socks.delete(&sk) == 0)
+		follow(-1);
+}
+
+static __always_inline void forget_tw(__u64 timer)
+{
+	if (tws.delete(&timer) == 0)
+		follow(-1);
 }
 
 /* Filters run in the kernel so that what is filtered out costs user space
@@ -301,7 +350,7 @@ static __always_inline void tw_end(void *ctx, struct st_cancel *pc)
 	emit(ctx, &tw->ev);
 	tuple_of(&t, &tw->ev);
 	fw2_tuples.delete(&t);
-	tws.delete(&timer);
+	forget_tw(timer);
 }
 
 /* Every program first settles a cancel left pending on this CPU.  Returns 1
@@ -356,7 +405,7 @@ out: __attribute__((unused));
 		if (arm)
 			arm->timer = 0;
 #ifdef ST_FILTER_LPORTS
-		socks.delete(&sk);
+		forget_sock(sk);
 #endif
 	}
 	return 1;
@@ -441,13 +490,16 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 			}
 			emit(ctx, &e);
 			__builtin_memcpy(&tw.ev, &e, sizeof(e));
-			if (tws.update(&timer, &tw))
+			if (tws.update(&timer, &tw)) {
 				count(ST_CNT_TW_FULL);
-			else if (tw.substate == TCP_FIN_WAIT2) {
-				tuple_of(&t, &e);
-				fw2_tuples.update(&t, &timer);
+			} else {
+				follow(1);
+				if (tw.substate == TCP_FIN_WAIT2) {
+					tuple_of(&t, &e);
+					fw2_tuples.update(&t, &timer);
+				}
 			}
-			socks.delete(&sk);
+			forget_sock(sk);
 			return 0;
 		}
 	}
@@ -481,7 +533,7 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 					tw_promote(ctx, tw, now, ST_VIA_PEER);
 			}
 		}
-		socks.delete(&sk);
+		forget_sock(sk);
 		return 0;
 	}
 
@@ -492,6 +544,8 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	__builtin_memcpy(ns.comm, e.comm, ST_COMM_LEN);
 	if (socks.update(&sk, &ns))
 		count(ST_CNT_SOCKS_FULL);
+	else if (!si)
+		follow(1);
 
 	if (new == TCP_LISTEN) {
 		struct st_lkey k = {};
@@ -545,11 +599,15 @@ static __always_inline int on_timer_start(void *ctx, __u64 timer, __u64 function
 	return 0;
 }
 
-static __always_inline int on_timer_cancel(void *ctx, __u64 timer)
+/* function: the timer's callback, or 0 when unknown (classic tracepoint) */
+static __always_inline int on_timer_cancel(void *ctx, __u64 timer, __u64 function)
 {
 	int zero = 0;
 
 	settle_cancel(ctx, 0);
+	/* most cancels are of other timers: skip the map lookup */
+	if (function && function != ST_TW_HANDLER)
+		return 0;
 	struct st_tw *tw = tws.lookup(&timer);
 	if (!tw)
 		return 0;
@@ -608,21 +666,36 @@ static __always_inline __u16 read_u16(__u64 addr)
 	return v;
 }
 
+static __always_inline __u64 timer_function(__u64 timer)
+{
+	__u64 f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), (void *)(timer + ST_OFF_TIMER_FUNCTION));
+	return f;
+}
+
+/* daddr, rcv_saddr, dport and family lie together at the start of struct
+ * sock_common: one read gets them (tracer/bpf_backend.py checks the span). */
+#define ST_SKC_SPAN	(ST_OFF_SKC_FAMILY + 2 - ST_OFF_SKC_DADDR)
+#define ST_SKC(field)	(skc + ST_OFF_SKC_##field - ST_OFF_SKC_DADDR)
+
 /* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate) */
 static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 sk = ctx->args[0];
-	__u8 saddr[16] = {}, daddr[16] = {};
-
-	if (read_u16(sk + ST_OFF_SK_PROTOCOL) != 6 /* IPPROTO_TCP */)
-		return 0;
-	__u16 family = read_u16(sk + ST_OFF_SKC_FAMILY);
-	/* ports in network order, as in struct inet_sock / sock_common */
-	__u16 sport = __builtin_bswap16(read_u16(sk + ST_OFF_INET_SPORT));
-	__u16 dport = __builtin_bswap16(read_u16(sk + ST_OFF_SKC_DPORT));
+	__u8 skc[ST_SKC_SPAN] = {}, saddr[16] = {}, daddr[16] = {};
+	__u16 family, sport, dport;
 	int old = ctx->args[1], new = ctx->args[2];
 
+	/* the filters first, at two reads; what they reject costs nothing more */
+	bpf_probe_read_kernel(skc, sizeof(skc), (void *)(sk + ST_OFF_SKC_DADDR));
+	__builtin_memcpy(&family, ST_SKC(FAMILY), 2);
+	__builtin_memcpy(&dport, ST_SKC(DPORT), 2);
+	/* ports in network order, as in struct inet_sock / sock_common */
+	dport = __builtin_bswap16(dport);
+	sport = __builtin_bswap16(read_u16(sk + ST_OFF_INET_SPORT));
 	if (filtered_out(sk, new, sport, dport, family))
+		return 0;
+	if (read_u16(sk + ST_OFF_SK_PROTOCOL) != 6 /* IPPROTO_TCP */)
 		return 0;
 	if (family == ST_AF_INET6) {
 		bpf_probe_read_kernel(saddr, 16, (void *)(sk + ST_OFF_SKC_V6_RCV_SADDR));
@@ -630,8 +703,8 @@ static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx)
 	} else {
 		/* IPv4 as ::ffff:a.b.c.d, like the tracepoint's saddr_v6 */
 		saddr[10] = saddr[11] = daddr[10] = daddr[11] = 0xff;
-		bpf_probe_read_kernel(saddr + 12, 4, (void *)(sk + ST_OFF_SKC_RCV_SADDR));
-		bpf_probe_read_kernel(daddr + 12, 4, (void *)(sk + ST_OFF_SKC_DADDR));
+		__builtin_memcpy(saddr + 12, ST_SKC(RCV_SADDR), 4);
+		__builtin_memcpy(daddr + 12, ST_SKC(DADDR), 4);
 	}
 	return on_set_state(ctx, sk, old, new, sport, dport, family, saddr, daddr);
 }
@@ -703,22 +776,28 @@ int set_state_backup(struct bpf_raw_tracepoint_args *ctx)
 /* TP_PROTO(struct timer_list *timer, unsigned long expires, ...) */
 RAW_TRACEPOINT_PROBE(timer_start)
 {
-	__u64 timer = ctx->args[0], function = 0;
+	__u64 timer = ctx->args[0];
 
-	bpf_probe_read_kernel(&function, sizeof(function),
-			      (void *)(timer + ST_OFF_TIMER_FUNCTION));
-	return on_timer_start(ctx, timer, function, ctx->args[1], bpf_jiffies64());
+	if (timers_idle())
+		return 0;
+	return on_timer_start(ctx, timer, timer_function(timer), ctx->args[1],
+			      bpf_jiffies64());
 }
 
 /* TP_PROTO(struct timer_list *timer) */
 RAW_TRACEPOINT_PROBE(timer_cancel)
 {
-	return on_timer_cancel(ctx, ctx->args[0]);
+	__u64 timer = ctx->args[0];
+
+	if (timers_idle())
+		return 0;
+	return on_timer_cancel(ctx, timer, timer_function(timer));
 }
 
 RAW_TRACEPOINT_PROBE(timer_expire_entry)
 {
-	settle_cancel(ctx, 0);
+	if (!timers_idle())
+		settle_cancel(ctx, 0);
 	return 0;
 }
 
@@ -752,18 +831,23 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
 TRACEPOINT_PROBE(timer, timer_start)
 {
+	if (timers_idle())
+		return 0;
 	return on_timer_start(args, (__u64)args->timer, (__u64)args->function,
 			      args->expires, args->now);
 }
 
 TRACEPOINT_PROBE(timer, timer_cancel)
 {
-	return on_timer_cancel(args, (__u64)args->timer);
+	if (timers_idle())
+		return 0;
+	return on_timer_cancel(args, (__u64)args->timer, 0);
 }
 
 TRACEPOINT_PROBE(timer, timer_expire_entry)
 {
-	settle_cancel(args, 0);
+	if (!timers_idle())
+		settle_cancel(args, 0);
 	return 0;
 }
 #endif /* ST_RAW_TP */

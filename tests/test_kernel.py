@@ -766,6 +766,43 @@ def test_connection_older_than_tracer(workers, tmp_path):
         check_in_old(chain, what, first_known=True)
 
 
+@pytest.mark.bpf
+def test_filtered_older_fin_wait2_enters_time_wait(workers, tmp_path):
+    """With a port filter the timer programs stand idle until a matching
+    socket is followed; a client already in FIN_WAIT2 when socktrace starts
+    (half-closed, so its next step is TIME_WAIT with no transition before)
+    must still be seen entering TIME_WAIT."""
+    srv, cli = workers
+    conn = connection(srv, cli, 4, "hold")
+    port, c = conn["server_port"], conn["client"]
+    cli.call("finish", id=c["id"], mode="shutdown")
+    sent = free_port()
+    # a sentinel with no connection: it leaves no timewait socket that
+    # would keep the timer programs busy anyway
+    # --lport: the server's side, whose LAST_ACK would be followed first
+    # (and open the gate), is filtered out
+    trace = start_socktrace(str(tmp_path / "fw2.ndjson"),
+                            ["--lport", "%d,%d" % (c["lport"], sent)],
+                            sentinel=lambda: listen_sentinel(4, sent, connect=False))
+    try:
+        srv.call("finish", id=conn["server"]["id"], mode="eof")
+        cli.call("finish", id=c["id"], mode="close")
+        srv.call("unlisten", port=port)
+
+        def entered(evs):
+            return [e for e in evs if e.get("type") == "state" and e["lport"] == c["lport"]
+                    and e["rport"] == port]
+        got = trace.wait_for(entered, what="the older client's next transition")
+        time.sleep(0.3)
+        evs = trace.events()
+    finally:
+        trace.stop()
+    no_lost(evs)
+    mine = entered(evs)
+    assert [(e["old"], e["new"]) for e in mine] == [("FIN_WAIT2", "TIME_WAIT")], describe(got)
+    assert mine[0].get("via") == "timer", mine[0]
+
+
 # ---------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------

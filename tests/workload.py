@@ -44,7 +44,8 @@ reset         the server sends one byte once it has accepted; the client
               then sees ECONNRESET (or EOF) and closes.
 refused       (connect only) connect to a port without a listener.
 hold          the connection stays open; ``finish`` ends it later with
-              mode "close" (close now) or "eof" (read to EOF, then close).
+              mode "close" (close now) or "eof" (read to EOF, then close),
+              or half-closes it with mode "shutdown" (SHUT_WR, still held).
 
 The module also holds the test side of the protocol (:class:`Worker`).
 """
@@ -251,6 +252,10 @@ class _Worker:
         return out
 
     def op_finish(self, cmd):
+        if cmd.get("mode") == "shutdown":
+            # our FIN only: the socket stays held, in FIN_WAIT2 once ACKed
+            self.held[cmd["id"]].shutdown(socket.SHUT_WR)
+            return {}
         s = self.held.pop(cmd["id"])
         out = {}
         if cmd.get("mode", "close") == "eof":

@@ -155,11 +155,20 @@ class BpfBackend:
             flags.append("-DST_FILTER_FAMILY=%d" % self.family)
         if self.ports or self.lports or self.rports:
             flags.append("-DST_FILTER_PORTS")
+        if self.gated:
+            flags.append("-DST_GATE_TIMERS")
         if self.lports:
             flags.append("-DST_FILTER_LPORTS")
         if self.pids:
             flags.append("-DST_FILTER_PIDS")
         return flags
+
+    @property
+    def gated(self):
+        """Do the timer programs wait for a followed socket (the BPF
+        program's "gate")?  Only when filters keep sockets out of its maps:
+        the --pid filter applies to records, every socket is followed."""
+        return bool(self.family or self.ports or self.lports or self.rports)
 
     def _btf_flags(self):
         from . import btf
@@ -194,6 +203,14 @@ class BpfBackend:
             offs = btf.member_offsets(wanted)
         except btf.BTFError:
             return []
+        # the program reads daddr .. family of struct sock_common in one go
+        # (ST_SKC_SPAN bytes from skc_daddr to the end of skc_family)
+        at = {m: offs[("sock_common", m)][0]
+              for m in ("skc_daddr", "skc_rcv_saddr", "skc_dport", "skc_family")}
+        end = at["skc_family"] + 2
+        if not (at["skc_daddr"] <= min(at.values()) and end - at["skc_daddr"] <= 32
+                and at["skc_rcv_saddr"] + 4 <= end and at["skc_dport"] + 2 <= end):
+            return []
         return ["-DST_RAW_TP"] + ["-D%s=%d" % (macro, offs[key][0])
                                   for macro, key in _RAW_TP_MACROS.items()]
 
@@ -227,6 +244,8 @@ class BpfBackend:
             self.close()
             raise Unavailable("BPF program failed to load: %s" % _one_line(e))
         self._fill_filters()
+        if self.gated:
+            self._open_gate_for_older_sockets()
         if self.use_perfbuf:
             self._pending = []
             self._bpf["events"].open_perf_buffer(self._on_perf, page_cnt=256,
@@ -264,6 +283,27 @@ class BpfBackend:
             table = self._bpf["pid_filter"]
             for pid in self.pids:
                 table[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
+
+    def _open_gate_for_older_sockets(self):
+        """A matching socket already in FIN_WAIT2 or CLOSING when we start
+        can enter TIME_WAIT with no transition of it seen before: the gate
+        then stays open for good (followed starts at 1).  Checked after the
+        programs and filters are in place, so that a socket that gets there
+        later is followed the usual way.  Sockets of other network
+        namespaces do not show in our /proc and are not covered."""
+        from . import procnet, states
+
+        closing = {states.NUMBERS[n] for n in ("FIN_WAIT1", "FIN_WAIT2", "CLOSING")}
+        ports, lports, rports = self.ports, self.lports, self.rports
+        try:
+            socks = procnet.read_tcp(families=(self.family,) if self.family else (4, 6))
+            older = any(s.state in closing and (
+                not (ports or lports or rports) or s.lport in ports or s.rport in ports
+                or s.lport in lports or s.rport in rports) for s in socks)
+        except (OSError, ValueError):
+            older = True            # cannot tell: keep it open
+        if older:
+            self._bpf["followed"][ctypes.c_int(0)] = ctypes.c_int64(1)
 
     # -- reading -------------------------------------------------------------
 
