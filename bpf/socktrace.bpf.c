@@ -138,10 +138,11 @@ BPF_PERCPU_ARRAY(counters, __u64, ST_NR_COUNTERS);
  * follow first: a socket reaches TIME_WAIT through FIN_WAIT1 or CLOSING, a
  * transition that passed the filters and put it in `socks`.  So the timer
  * programs do nothing while `socks` and `tws` hold no entry of ours:
- * followed[0] counts those entries (plus 1 from user space when a matching
- * socket older than us is closing).  An entry whose delete we miss keeps
- * the gate open: the cost of a miss is speed, never a TIME_WAIT. */
-BPF_ARRAY(followed, __s64, 1);
+ * followed[0] counts those entries; followed[1] is set to 1 by user space
+ * when a matching socket older than us is closing (a slot of its own: the
+ * count changes meanwhile).  An entry whose delete we miss keeps the gate
+ * open: the cost of a miss is speed, never a TIME_WAIT. */
+BPF_ARRAY(followed, __s64, 2);
 #endif
 
 #ifdef ST_FILTER_PORTS
@@ -174,9 +175,9 @@ static __always_inline void follow(__s64 n)
 static __always_inline int timers_idle(void)
 {
 #ifdef ST_GATE_TIMERS
-	int zero = 0;
-	__s64 *v = followed.lookup(&zero);
-	return v && *v <= 0;
+	int zero = 0, one = 1;
+	__s64 *n = followed.lookup(&zero), *older = followed.lookup(&one);
+	return n && older && *n <= 0 && *older <= 0;
 #else
 	return 0;
 #endif

@@ -287,13 +287,13 @@ class BpfBackend:
     def _open_gate_for_older_sockets(self):
         """A matching socket already in FIN_WAIT2 or CLOSING when we start
         can enter TIME_WAIT with no transition of it seen before: the gate
-        then stays open for good (followed starts at 1).  Checked after the
+        then stays open for good (followed[1] = 1).  Checked after the
         programs and filters are in place, so that a socket that gets there
         later is followed the usual way.  Sockets of other network
         namespaces do not show in our /proc and are not covered."""
         from . import procnet, states
 
-        closing = {states.NUMBERS[n] for n in ("FIN_WAIT1", "FIN_WAIT2", "CLOSING")}
+        closing = {states.NUMBERS[n] for n in ("FIN_WAIT2", "CLOSING")}
         ports, lports, rports = self.ports, self.lports, self.rports
         try:
             socks = procnet.read_tcp(families=(self.family,) if self.family else (4, 6))
@@ -303,7 +303,7 @@ class BpfBackend:
         except (OSError, ValueError):
             older = True            # cannot tell: keep it open
         if older:
-            self._bpf["followed"][ctypes.c_int(0)] = ctypes.c_int64(1)
+            self._bpf["followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
 
     # -- reading -------------------------------------------------------------
 
