@@ -126,7 +126,7 @@ def pytest_runtest_setup(item):
     if live and not _tw_checked:
         _tw_checked.append(wait_for_time_wait_room())
         if not _tw_checked[0]:
-            room = time_wait_room()
+            room = time_wait_room() or ("?", "?")
             pytest.fail("TIME_WAIT table still full after %.0f s (%s of %s): the kernel "
                         "skips TIME_WAIT; is a storm running?" % ((TW_DRAIN_TIMEOUT,) + room),
                         pytrace=False)
