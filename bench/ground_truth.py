@@ -39,7 +39,7 @@ BASE, NPORTS = 21000, 16
 LINE = re.compile(r"^\s*(.+?)-(\d+)\s+\[(\d+)\]\s+(\S+)\s+(\d+)\.(\d+): inet_sock_set_state:.*"
                   r"sport=(\d+) dport=(\d+) saddr=(\S+) daddr=(\S+) .*"
                   r"oldstate=TCP_(\S+) newstate=TCP_(\S+)")
-NUM = {name: num for num, name in enumerate(states.NAMES) if name}
+NUM = states.NUMBERS
 FIELD = {f: i for i, f in enumerate(wire.FIELDS)}
 
 

@@ -130,6 +130,9 @@ class BpfBackend:
         self._rb = None
         self._backup_link = None
         self._counters_seen = {}
+        # /proc/net/tcp{,6} as read once the programs were attached, when
+        # open() needed it; run.py seeds its table from the same read
+        self.start_sockets = None
 
     # -- set-up --------------------------------------------------------------
 
@@ -292,16 +295,19 @@ class BpfBackend:
         later is followed the usual way.  Sockets of other network
         namespaces do not show in our /proc and are not covered."""
         from . import procnet, states
+        from .filters import Filter
 
         closing = {states.NUMBERS[n] for n in ("FIN_WAIT2", "CLOSING")}
-        ports, lports, rports = self.ports, self.lports, self.rports
+        matches = Filter(family=self.family, ports=self.ports, lports=self.lports,
+                         rports=self.rports)
         try:
-            socks = procnet.read_tcp(families=(self.family,) if self.family else (4, 6))
-            older = any(s.state in closing and (
-                not (ports or lports or rports) or s.lport in ports or s.rport in ports
-                or s.lport in lports or s.rport in rports) for s in socks)
+            self.start_sockets = procnet.read_tcp()
         except (OSError, ValueError):
             older = True            # cannot tell: keep it open
+        else:
+            older = any(s.state in closing and matches(
+                {"family": s.family, "lport": s.lport, "rport": s.rport})
+                for s in self.start_sockets)
         if older:
             self._bpf["followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
 

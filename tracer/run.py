@@ -46,18 +46,20 @@ def _open_backend(args, ports, lports, rports):
     return ProcBackend(interval=args.interval).open()
 
 
-def _snapshot(table):
-    """Seed the table with the sockets that exist now, owners included."""
+def _snapshot(table, socks=None):
+    """Seed the table with the sockets that exist now, owners included
+    (*socks*: the backend's own read of /proc/net/tcp{,6}, if it made one)."""
     try:
         from . import owners, procnet
     except ImportError as e:
         sys.stderr.write("socktrace: no start-up snapshot: %s\n" % e)
         return
-    try:
-        socks = procnet.read_tcp()
-    except (OSError, ValueError) as e:
-        sys.stderr.write("socktrace: no start-up snapshot: %s\n" % e)
-        return
+    if socks is None:
+        try:
+            socks = procnet.read_tcp()
+        except (OSError, ValueError) as e:
+            sys.stderr.write("socktrace: no start-up snapshot: %s\n" % e)
+            return
     resolved = owners.OwnerCache().resolve({s.inode for s in socks if s.inode})
     table.seed_from(socks, resolved)
 
@@ -120,7 +122,7 @@ def run(args, ports=(), lports=(), rports=()):
     fmt = records.Formatter()
     table = ConnTable(time.monotonic_ns(), cap=args.table_cap, source=source)
     if source == "bpf":
-        _snapshot(table)
+        _snapshot(table, backend.start_sockets)
     keep = Filter(family=args.family, ports=ports, lports=lports, rports=rports,
                   pids=args.pid, comms=args.comm, states=args.state, nets=args.addr)
     want = keep if keep.active else None
