@@ -15,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- distribution packages -------------------------------------------------
-pkgs=(python3-bpfcc bpfcc-tools python3-venv python3-pip iproute2 gcc libc6-dev)
+pkgs=(python3-bpfcc bpfcc-tools python3-venv python3-pip python3-dev iproute2 gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -82,7 +82,9 @@ fi
 extra=
 [ "$want_test" = test ] && extra="[test]"
 stamp=.venv/.socktrace-installed$extra
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# again when the build inputs changed (setup.py compiles tracer/_native.c)
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
+   [ tracer/_native.c -nt "$stamp" ] || [ bpf/socktrace.h -nt "$stamp" ]; then
     say "pip install -e .$extra"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra" >&2
     touch "$stamp"

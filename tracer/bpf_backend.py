@@ -36,7 +36,11 @@ _STRIDE = (_REC + 8 + 7) & ~7        # ring buffer header + record, 8-aligned
 # consumer's peak RSS reached 530 MB and the allocator faulted its pages
 # in again for every read.
 MAX_READ = 8192
+STRIDE = _STRIDE                     # read_span()'s layout: a record every STRIDE
+RECORD_OFFSET = 8                    # bytes, after the ring buffer's 8-byte header
 _BODY = struct.Struct("<%dx" % 8 + wire.EVENT.format.lstrip("<") + "%dx" % (_STRIDE - 8 - _REC))
+_PERF_HDR = _HDR.pack(_REC, 0)       # a perf buffer record laid out as the ring's
+_PERF_PAD = bytes(_STRIDE - 8 - _REC)
 
 
 class Unavailable(Exception):
@@ -313,16 +317,21 @@ class BpfBackend:
 
     # -- reading -------------------------------------------------------------
 
-    def read(self):
-        """Raw records (tuples in wire.FIELDS order) that arrived since last call."""
+    def read_span(self):
+        """What arrived since the last call, as bytes: one st_event every
+        STRIDE bytes, after an 8-byte header (the ring buffer's layout)."""
         if self._rb is not None:
             return self._rb.read()
         self._bpf.perf_buffer_poll(timeout=0)
         out, self._pending = self._pending, []
-        return out
+        return b"".join(out)
+
+    def read(self):
+        """Raw records (tuples in wire.FIELDS order) that arrived since last call."""
+        return list(_BODY.iter_unpack(self.read_span()))
 
     def _on_perf(self, cpu, data, size):
-        self._pending.append(wire.EVENT.unpack(ctypes.string_at(data, _REC)))
+        self._pending.append(_PERF_HDR + ctypes.string_at(data, _REC) + _PERF_PAD)
 
     def _on_perf_lost(self, count):
         self._perf_lost += count
@@ -417,23 +426,23 @@ class _RingReader:
         self._prod_pos = memoryview(self.prod)[:8].cast("Q")
 
     def read(self):
+        """The committed records since the last read, as bytes: one record
+        every _STRIDE bytes, its 8-byte ring-buffer header first."""
         cons_pos = self._cons_pos[0]
         prod_pos = self._prod_pos[0]
         if prod_pos <= cons_pos:
-            return []
+            return b""
         # Every record is one st_event, so records sit at a fixed stride and
-        # the data pages are mapped twice (no wrap-around): the whole span
-        # decodes in one iter_unpack.  First the headers, also in bulk, to
-        # stop at the first record a producer has reserved but not yet
-        # committed (BUSY).
+        # the data pages are mapped twice (no wrap-around): the span is one
+        # copy.  The headers are read in bulk first, to stop at the first
+        # record a producer has reserved but not yet committed (BUSY).
         n = min((prod_pos - cons_pos) // _STRIDE, MAX_READ)
         start = self.data_off + (cons_pos & self.mask)
         with memoryview(self.prod) as view, view[start:start + n * _STRIDE] as span:
             with span.cast("I") as words:
                 lens = words[::_STRIDE // 4].tolist()
             ok = n if lens.count(_REC) == n else lens.index(next(x for x in lens if x != _REC))
-            with span[:ok * _STRIDE] as done:
-                out = list(_BODY.iter_unpack(done))
+            out = span[:ok * _STRIDE].tobytes()
         cons_pos += ok * _STRIDE
         if ok < n and not lens[ok] & _BUSY:
             more, cons_pos = self._read_slow(cons_pos, prod_pos)
@@ -445,8 +454,8 @@ class _RingReader:
     def _read_slow(self, cons_pos, prod_pos):
         """Record by record, for anything that is not one committed
         st_event (a discarded record); not expected from our program.
-        Returns (records, new consumer position)."""
-        out = []
+        Returns (records in read()'s layout, new consumer position)."""
+        out = bytearray()
         buf, mask, base = self.prod, self.mask, self.data_off
         while cons_pos < prod_pos:
             off = base + (cons_pos & mask)
@@ -454,9 +463,9 @@ class _RingReader:
             if length & _BUSY:
                 break            # a producer is still writing it
             if not length & _DISCARD and (length & 0x3FFFFFFF) == _REC:
-                out.append(wire.EVENT.unpack_from(buf, off + 8))
+                out += buf[off:off + _STRIDE]
             cons_pos += ((length & 0x3FFFFFFF) + 8 + 7) & ~7
-        return out, cons_pos
+        return bytes(out), cons_pos
 
     def close(self):
         self._cons_pos.release()

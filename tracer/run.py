@@ -13,6 +13,8 @@ import signal
 import sys
 import time
 
+import orjson
+
 from . import records
 from .filters import Filter
 
@@ -88,6 +90,35 @@ class Pipeline:
                 append(closed)
         return out
 
+    def native(self, encode):
+        """The same pipeline in C (tracer/_native.c) for the eBPF backend's
+        raw records, writing NDJSON itself: a ``feed(data, stride, offset)
+        -> bytes`` callable, or None when the C module was not built or
+        cannot serve (a user-space filter, another backend).  Records it
+        does not handle come back here one at a time, as *encode* writes
+        them.  SOCKTRACE_PURE_PYTHON=1 keeps to Python (to compare)."""
+        if not self.raw or self.want is not None or os.environ.get("SOCKTRACE_PURE_PYTHON"):
+            return None
+        try:
+            from . import _native
+        except ImportError:
+            return None
+        from . import states, table, wire
+
+        if _native.EVENT_SIZE != wire.EVENT.size:
+            return None           # a stale build: the header changed since
+        feed = self.feed
+
+        def slow(item):
+            return bytes(encode(feed((item,))))
+
+        enum = lambda d: tuple(d.get(i) for i in range(max(d) + 1))  # noqa: E731
+        return _native.Feeder(
+            self.table, self.fmt, slow, wire.EVENT.unpack_from, orjson.dumps,
+            table.Conn, table._Exits, table.Reservoir, table._META, states.NUMBERS,
+            states.NAMES, enum(wire.OWNER_FROM), enum(records._VIA),
+            enum(records._REASON), records._PORTS, self.source).feed
+
 
 class _Flags:
     def __init__(self):
@@ -129,27 +160,38 @@ def run(args, ports=(), lports=(), rports=()):
     lost_total = {}
     deadline = time.monotonic() + args.duration if args.duration else None
     next_dump = time.monotonic() + args.dump_every if args.dump_every else None
-    feed = Pipeline(fmt, table, want, source).feed
+    pipeline = Pipeline(fmt, table, want, source)
+    feed = pipeline.feed
+    native = (pipeline.native(sink.encode) if isinstance(sink, JsonSink) else None)
+    if native is not None:
+        from .bpf_backend import RECORD_OFFSET, STRIDE
     evicted_seen = [0]
     received = [0]
 
     def pump():
         """One read: everything that arrived, through the pipeline, written."""
-        batch = backend.read()
-        received[0] += len(batch)
-        out = feed(batch)
+        if native is not None:
+            span = backend.read_span()
+            n = len(span) // STRIDE
+            sink.write_bytes(native(span, STRIDE, RECORD_OFFSET))
+            out = []
+        else:
+            batch = backend.read()
+            n = len(batch)
+            out = feed(batch)
+        received[0] += n
         lost = backend.lost()
         if table.evicted != evicted_seen[0]:
             lost["table_evicted"] = table.evicted - evicted_seen[0]
             evicted_seen[0] = table.evicted
         if lost:
             ts = fmt.ts(time.monotonic_ns())
-            for what, n in lost.items():
-                lost_total[what] = lost_total.get(what, 0) + n
-                out.append(records.lost(ts, n, what, source))
+            for what, n_lost in lost.items():
+                lost_total[what] = lost_total.get(what, 0) + n_lost
+                out.append(records.lost(ts, n_lost, what, source))
         sink.write(out)
         sink.check()
-        return len(batch)
+        return n
 
     def summarize():
         s = table.summary(fmt.ts(time.monotonic_ns()))
