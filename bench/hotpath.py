@@ -103,6 +103,32 @@ def once(span, n, batch):
     return t_dec, t_pipe, t_sink, t_gc
 
 
+def once_native(span, n, batch):
+    """The same for the C hot path (tracer/_native.c): it decodes, updates
+    the table and encodes in one call, so there is no separate decode."""
+    fmt = records.Formatter(0)
+    table = ConnTable(0)
+    sink = JsonSink(os.devnull)
+    feed = Pipeline(fmt, table, None, "bpf").native(sink.encode)
+    stride = bpf_backend.STRIDE
+    t_pipe = t_sink = t_gc = 0.0
+    for start in range(0, n, batch):
+        chunk = span[start * stride:min(n, start + batch) * stride]
+        t1 = time.perf_counter()
+        out = feed(chunk, stride, bpf_backend.RECORD_OFFSET)
+        t2 = time.perf_counter()
+        sink.write_bytes(out)
+        t3 = time.perf_counter()
+        del out
+        gc.collect(0)
+        t4 = time.perf_counter()
+        t_pipe += t2 - t1
+        t_sink += t3 - t2
+        t_gc += t4 - t3
+    sink.close()
+    return 0.0, t_pipe, t_sink, t_gc
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", type=int, default=40_000, help="connections (x11 records)")
@@ -114,16 +140,32 @@ def main():
     n = len(span) // bpf_backend._STRIDE
     gc.freeze()                # as run.run() does when its loop starts
     gc.disable()
-    rows = [once(span, n, args.batch) for _ in range(args.runs)]
     us = lambda xs: statistics.median(xs) / n * 1e6  # noqa: E731
-    dec, pipe, sink, young = (us([r[i] for r in rows]) for i in range(4))
-    total = us([sum(r) for r in rows])
     print("hotpath: %d records (%d connections), %d runs, medians" % (n, args.conns, args.runs))
-    print("  bulk decode   %6.3f us/record" % dec)
-    print("  pipeline      %6.3f us/record  (decode to dict, table, filter)" % pipe)
-    print("  sink          %6.3f us/record  (NDJSON, one write per batch)" % sink)
-    print("  free + gc     %6.3f us/record  (the batch freed, one young collection)" % young)
-    print("  total         %6.3f us/record  = %.0f records/s on one core" % (total, 1e6 / total))
+    paths = [("python", once)]
+    try:
+        from tracer import _native  # noqa: F401
+    except ImportError:
+        print("  (tracer._native not built: the C hot path is not measured)")
+    else:
+        paths.append(("native", once_native))
+    totals = {}
+    for name, fn in paths:
+        rows = [fn(span, n, args.batch) for _ in range(args.runs)]
+        dec, pipe, sink, young = (us([r[i] for r in rows]) for i in range(4))
+        total = totals[name] = us([sum(r) for r in rows])
+        print("%s:" % name)
+        if name == "python":
+            print("  bulk decode   %6.3f us/record" % dec)
+            print("  pipeline      %6.3f us/record  (decode to dict, table, filter)" % pipe)
+            print("  sink          %6.3f us/record  (NDJSON, one write per batch)" % sink)
+        else:
+            print("  pipeline      %6.3f us/record  (decode, table, NDJSON in C)" % pipe)
+            print("  sink          %6.3f us/record  (one write per batch)" % sink)
+        print("  free + gc     %6.3f us/record  (the batch freed, one young collection)" % young)
+        print("  total         %6.3f us/record  = %.0f records/s on one core" % (total, 1e6 / total))
+    if "native" in totals:
+        print("python / native: %.2fx" % (totals["python"] / totals["native"]))
     if args.profile:
         import cProfile
         import pstats
