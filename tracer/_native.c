@@ -666,7 +666,10 @@ static int put_closed(Buf *b, Feeder *f, const struct st_event *e, int us,
 	PUTS(b, ",\"role\":");
 	if (role == Py_None)
 		PUTS(b, "null");
-	else if (put_str(f, b, role) < 0 || buf_grow(b, 1024 + nsteps * 24) < 0)
+	else if (put_str(f, b, role) < 0)
+		return -1;
+	/* room for the rest: 13 states and their sums, the path, the tail */
+	if (buf_grow(b, 1024 + nsteps * 24) < 0)
 		return -1;
 	PUTS(b, ",\"lifetime_ns\":");
 	put_u64(b, lifetime);
