@@ -732,7 +732,7 @@ struct st_running {
 };
 struct st_stack {
 	__u32 depth;
-	__u32 pad;
+	__u32 in_backup;		/* the backup is running on this CPU */
 	struct st_running top[4];	/* indexed depth & 3 */
 };
 BPF_PERCPU_ARRAY(set_state_stack, struct st_stack, 1);
@@ -742,7 +742,12 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 	int zero = 0;
 	struct st_stack *st = set_state_stack.lookup(&zero);
 
-	if (st) {
+	/* Not while the backup runs: a softirq that interrupts it has its own
+	 * backup runs skipped, so its entries would never be popped, and enough
+	 * of them (a softirq changes many states) would push out the entry the
+	 * interrupted backup is about to look for: it would then handle that
+	 * transition a second time. */
+	if (st && !st->in_backup) {
 		struct st_running *r = &st->top[st->depth & 3];
 		r->sk = ctx->args[0];
 		r->states = (__u32)ctx->args[1] << 8 | (__u32)ctx->args[2];
@@ -758,20 +763,27 @@ int set_state_backup(struct bpf_raw_tracepoint_args *ctx)
 
 	if (!st)
 		return 0;
-	/* Usually the top.  Below it only when a softirq came in just before
-	 * this check: its transitions were pushed, and their backup runs were
-	 * skipped because this one was running; those entries are dead. */
+	st->in_backup = 1;
+	/* Usually the top.  Below it only when a softirq came in between the
+	 * kernel starting this program and the line above: its transitions
+	 * were pushed, and their backup runs were skipped because this one was
+	 * running; those entries are dead. */
 	__u32 states = (__u32)ctx->args[1] << 8 | (__u32)ctx->args[2];
+	int ret = 0, ran = 0;
 #pragma unroll
 	for (__u32 i = 1; i <= 4; i++) {
 		struct st_running *r = &st->top[(st->depth - i) & 3];
-		if (st->depth >= i && r->sk == ctx->args[0] && r->states == states) {
+		if (!ran && st->depth >= i && r->sk == ctx->args[0] && r->states == states) {
 			st->depth -= i;
-			return 0;	/* the main program ran for this one */
+			ran = 1;	/* the main program ran for this one */
 		}
 	}
-	count(ST_CNT_RECOVERED);
-	return raw_set_state(ctx);
+	if (!ran) {
+		count(ST_CNT_RECOVERED);
+		ret = raw_set_state(ctx);
+	}
+	st->in_backup = 0;
+	return ret;
 }
 
 /* TP_PROTO(struct timer_list *timer, unsigned long expires, ...) */
