@@ -13,8 +13,6 @@ import signal
 import sys
 import time
 
-import orjson
-
 from . import records
 from .filters import Filter
 
@@ -103,6 +101,8 @@ class Pipeline:
             from . import _native
         except ImportError:
             return None
+        import orjson
+
         from . import states, table, wire
 
         if _native.EVENT_SIZE != wire.EVENT.size:

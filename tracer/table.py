@@ -171,6 +171,7 @@ class ConnTable:
         self.start_ns = start_ns
         self.cap = cap
         self.source = source
+        # these dicts live as long as the table: tracer/_native.c holds them
         self.live = {}        # socket address -> Conn
         self.tw = {}          # timewait timer address -> Conn
         self.seed = {}        # (family, laddr, lport, raddr, rport) -> Conn from the snapshot
