@@ -236,3 +236,16 @@ def test_snapshot_sockets_are_in_the_table_until_they_end(validator):
     for rec in socks.values():
         validator.validate(rec)
     assert table.current_states(40_000) == {"ESTABLISHED": 1}      # the TIME_WAIT ran out
+
+
+def test_interned_meta_is_bounded_and_sockets_keep_theirs():
+    from tracer import table as tablemod
+
+    table = ConnTable(0)
+    feed(table, records.Formatter(0), [raw(1, 0xA1, "CLOSE", "SYN_SENT", pid=4321)])
+    conn = table.live[0xA1]
+    for pid in range(tablemod._META_MAX + 1):
+        tablemod._meta(pid, "x", "connect", 4, None, False)
+    tablemod.trim_meta()
+    assert len(tablemod._META) == 0
+    assert (conn.pid, conn.comm, conn.owner_from) == (4321, "curl", "connect")

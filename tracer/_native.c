@@ -801,7 +801,7 @@ static int feed_one(Feeder *f, Buf *b, const struct st_event *e)
 	blob = SLOT(conn, f->c_blob);
 	blen = PyBytes_GET_SIZE(blob);
 	if (in_old && res != Py_None) {
-		/* Reservoir.add */
+		/* adding to the Reservoir: count, max, take() when due */
 		long long count = PyLong_AsLongLong(SLOT(res, f->r_count)) + 1;
 		unsigned long long max = PyLong_AsUnsignedLongLong(SLOT(res, f->r_max));
 		long long due = PyLong_AsLongLong(SLOT(res, f->r_due));

@@ -134,7 +134,7 @@ class _Flags:
 
 def run(args, ports=(), lports=(), rports=()):
     from .sink import JsonSink, SinkClosed, TextSink
-    from .table import ConnTable
+    from .table import ConnTable, trim_meta
 
     try:
         sink = (TextSink if args.format == "text" else JsonSink)(args.output)
@@ -180,6 +180,7 @@ def run(args, ports=(), lports=(), rports=()):
             n = len(batch)
             out = feed(batch)
         received[0] += n
+        trim_meta()
         lost = backend.lost()
         if table.evicted != evicted_seen[0]:
             lost["table_evicted"] = table.evicted - evicted_seen[0]
@@ -216,6 +217,7 @@ def run(args, ports=(), lports=(), rports=()):
     # outlives its read would never be collected; none is known here.
     gc.freeze()
     gc.disable()
+    final = None
     try:
         try:
             while not flags.stop:
@@ -235,8 +237,9 @@ def run(args, ports=(), lports=(), rports=()):
                     time.sleep(POLL_S if deadline is None else
                                max(0.0, min(POLL_S, deadline - now)))
             pump()    # what arrived while we were stopping
+            final = summarize()
             if args.summary:
-                sink.write([summarize()])
+                sink.write([final])
         except SinkClosed:
             # the reader is gone (socktrace | head): nothing more to say
             try:
@@ -244,7 +247,8 @@ def run(args, ports=(), lports=(), rports=()):
             except OSError:
                 pass
             args.no_report = True
-        final = summarize()
+        if final is None:
+            final = summarize()
     finally:
         gc.enable()
         gc.unfreeze()

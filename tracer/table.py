@@ -37,8 +37,20 @@ _getrandbits = random.getrandbits
 _META = {}                        # (pid, comm, owner_from, family, role, lower bound) -> itself
 
 
+_META_MAX = 1 << 16                # distinct tuples kept for sharing: see trim_meta
+
+
 def _meta(*key):
     return _META.setdefault(key, key)
+
+
+def trim_meta():
+    """Forget the interned meta tuples once there are many: over days of
+    pid churn _META would only grow.  Sockets keep the tuples they hold;
+    only later sockets stop sharing with them.  Once per read (run.py), not
+    per event: tracer/_native.c interns into the same dict."""
+    if len(_META) > _META_MAX:
+        _META.clear()
 
 
 class Conn:
@@ -100,9 +112,10 @@ class Reservoir:
     Sampling is Li's "Algorithm L": once the sample is full it draws how
     many values to skip before the next replacement, so a typical add is a
     counter bump rather than a random draw (this runs once per event).
-    ``due`` is the count of the next value that goes into the sample: an
-    add is count, max and one test against it (ConnTable.apply inlines
-    those), and only a due value costs the call to ``take``.
+    ``due`` is the count of the next value that goes into the sample: adding
+    a value is count += 1, max, and one test against ``due`` (done where the
+    values arrive: ConnTable.apply and tracer/_native.c), and only a due
+    value costs the call to ``take``.
     """
 
     __slots__ = ("count", "max", "due", "sample", "size", "_w", "_bits")
@@ -116,15 +129,8 @@ class Reservoir:
         self._w = 1.0
         self._bits = size.bit_length()
 
-    def add(self, ns):
-        self.count += 1
-        if ns > self.max:
-            self.max = ns
-        if self.count >= self.due:
-            self.take(ns)
-
     def take(self, ns):
-        """The rest of ``add`` for a due value (already counted).  While the
+        """The rest of adding a due value (already counted).  While the
         table warms up this is a third of all adds, hence the local names."""
         size = self.size
         if self.count <= size:
@@ -227,7 +233,7 @@ class ConnTable:
         """Update the table with one decoded record; fill in what it lacks.
         Returns a ``closed`` record when a connection has ended, else None.
 
-        This runs once per event, so Reservoir.add and the socket's move
+        This runs once per event, so adding to a Reservoir and the socket's move
         (see Conn) are inlined: a method call costs more than the steps it
         wraps."""
         if twaddr:
@@ -263,7 +269,7 @@ class ConnTable:
         to[new] = to.get(new, 0) + 1
         res = exits.durations
         if in_old is not None and res is not None:
-            n = res.count = res.count + 1           # Reservoir.add
+            n = res.count = res.count + 1           # adding to the Reservoir
             if in_old > res.max:
                 res.max = in_old
             if n >= res.due:
