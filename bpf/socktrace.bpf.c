@@ -156,11 +156,15 @@ BPF_HASH(pid_filter, __u32, __u8, 4096);
 
 /* ---- helpers ------------------------------------------------------------- */
 
+/* Atomic although per CPU: the programs that count into one slot (a full
+ * ring buffer: set_state in a process, the backup or a timer program in an
+ * interrupt that comes in between the load and the store) nest on a CPU,
+ * and a plain ++ would lose the inner count. */
 static __always_inline void count(int idx)
 {
 	__u64 *v = counters.lookup(&idx);
 	if (v)
-		(*v)++;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline void follow(__s64 n)
