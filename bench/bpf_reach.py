@@ -63,13 +63,16 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bpf_reach: needs root (BPF programs)")
-    from bcc import BPF
+    try:
+        from bcc import BPF
+    except ImportError:
+        sys.exit("bpf_reach: bcc is not installed (bash scripts/install.sh)")
     from tracer.bpf_backend import _prog_misses, ensure_tracefs
 
     ensure_tracefs()
-    tracer = None
-    out = tempfile.NamedTemporaryFile(prefix="bpf_reach.", suffix=".ndjson", delete=False)
+    tracer, summary = None, []
     b = BPF(text=PROG)
+    out = tempfile.NamedTemporaryFile(prefix="bpf_reach.", suffix=".ndjson", delete=False)
     try:
         if args.beside_socktrace:
             tracer = subprocess.Popen(
@@ -89,11 +92,20 @@ def main(argv=None):
         by_comm = collections.defaultdict(lambda: [0, 0])
         for k, v in b["cnt"].items():
             by_comm[k.comm.decode(errors="replace")][k.kind] += v.value
-    finally:
         if tracer is not None:
             tracer.send_signal(2)
             tracer.wait(timeout=60)
+            tracer = None
+            with open(out.name, "rb") as f:
+                summary = [json.loads(line) for line in f
+                           if line.startswith(b'{"type":"summary"')]
+    finally:
+        # one clean-up path: the storm or the stop may have failed
+        if tracer is not None:
+            tracer.kill()
+            tracer.wait()
         b.cleanup()
+        os.unlink(out.name)
 
     print(f"{'task':20s} {'classic':>10s} {'raw':>10s}")
     for comm, (classic, raw) in sorted(by_comm.items(), key=lambda x: -x[1][0]):
@@ -105,16 +117,10 @@ def main(argv=None):
         m = misses.get(kind) or 0
         print(f"{kind:8s} runs {n} + recursion misses {m} = {n + m}, "
               f"short of the storm by at least {expected - n - m}")
-    if tracer is not None:
-        summary = None
-        with open(out.name, "rb") as f:
-            for line in f:
-                if line.startswith(b'{"type":"summary"'):
-                    summary = json.loads(line)
-        rec = (summary or {}).get("records", {})
+    if args.beside_socktrace:
+        rec = summary[-1]["records"] if summary else {}
         print(f"socktrace records {rec.get('received')} (derived {rec.get('derived')}), "
               f"lost {rec.get('lost')}")
-    os.unlink(out.name)
     return 0
 
 

@@ -770,7 +770,8 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
  * socket older than us: taken as handled, and if the main program was in
  * fact skipped, counted among the misses.  With a port or family filter,
  * the sockets it rejects are untracked too and their closes common: those
- * are handled here, as before this check, and the filter drops them. */
+ * are handled here, as before this check, and the filter drops them.
+ * A full `socks` map (reported as such) also leaves a socket untracked. */
 static __always_inline int main_ran(__u64 sk, int new)
 {
 	struct st_sock *si = socks.lookup(&sk);
