@@ -10,22 +10,22 @@ count. On the project VM both totals come out short by the same amount, and
 the kernel counted nothing for it: the transitions that run in the softirq
 of the VM agent's threads (PID 1, tokio-rt-worker) reach no BPF program
 (bench/README.md, "Lost records"). With --beside-socktrace, socktrace runs
-too (output to a temporary file), as in bench/compare.py: its shortfall can
-then be set against the same run. Transitions of other host sockets add to
-the totals, so "short" is a lower bound.
+too, started, made ready and counted by bench/compare.py's own code, and
+the counting programs are attached once it is ready: its kernel records
+(its readiness probes left out) + lost records can then be set against the
+two totals. Transitions of other host sockets add to all three alike.
 """
 import argparse
 import collections
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from compare import Socktrace, storm  # noqa: E402
 
 PROG = r"""
 struct key { char comm[16]; u32 kind; };
@@ -61,6 +61,7 @@ def main(argv=None):
     ap.add_argument("--rate", type=int, default=19_000, help="conn/s (default 19000)")
     ap.add_argument("--beside-socktrace", action="store_true")
     args = ap.parse_args(argv)
+    args.close, args.family = "client", 4          # compare.storm's settings
     if os.geteuid() != 0:
         sys.exit("bpf_reach: needs root (BPF programs)")
     try:
@@ -70,57 +71,46 @@ def main(argv=None):
     from tracer.bpf_backend import _prog_misses, ensure_tracefs
 
     ensure_tracefs()
-    tracer, summary = None, []
-    b = BPF(text=PROG)
-    out = tempfile.NamedTemporaryFile(prefix="bpf_reach.", suffix=".ndjson", delete=False)
+    tracer, b = None, None
     try:
-        if args.beside_socktrace:
-            tracer = subprocess.Popen(
-                [os.path.join(ROOT, ".venv/bin/socktrace"), "--backend", "bpf",
-                 "--summary", "--no-report", "-o", out.name], stderr=subprocess.DEVNULL)
-            time.sleep(3)
-        storm = subprocess.run(
-            [sys.executable, os.path.join(HERE, "storm.py"), "--rate", str(args.rate),
-             "--count", str(args.count)], capture_output=True, text=True, check=True,
-            timeout=600)
-        time.sleep(1)
-        result = json.loads(storm.stdout)
-        expected = result["expected_transitions"] + result["listener_transitions"]
+        with tempfile.TemporaryDirectory(prefix="bpf_reach.") as work:
+            if args.beside_socktrace:
+                # started and made ready as by bench/compare.py, before the
+                # counting programs: its readiness probes precede them
+                tracer = Socktrace(work)
+                tracer.start()
+            b = BPF(text=PROG)
+            st = storm(args, rate=args.rate)
+            expected = st["expected_transitions"] + st["listener_transitions"]
+            if tracer is not None:
+                tracer.settle()
+                tracer.stop()
+                cfg = st["config"]
+                c = tracer.count(set(range(cfg["base_port"], cfg["base_port"] + cfg["ports"])))
         # ours by fd: socktrace's main program has the same name
         misses = {("raw" if fn.name.startswith(b"raw") else "classic"): _prog_misses(fn.fd)
                   for fn in b.funcs.values()}
         by_comm = collections.defaultdict(lambda: [0, 0])
         for k, v in b["cnt"].items():
             by_comm[k.comm.decode(errors="replace")][k.kind] += v.value
-        if tracer is not None:
-            tracer.send_signal(2)
-            tracer.wait(timeout=60)
-            tracer = None
-            with open(out.name, "rb") as f:
-                summary = [json.loads(line) for line in f
-                           if line.startswith(b'{"type":"summary"')]
     finally:
-        # one clean-up path: the storm or the stop may have failed
-        if tracer is not None:
-            tracer.kill()
-            tracer.wait()
-        b.cleanup()
-        os.unlink(out.name)
+        if tracer is not None and tracer.proc is not None and tracer.proc.poll() is None:
+            tracer.stop()           # the storm failed while it ran
+        if b is not None:
+            b.cleanup()
 
     print(f"{'task':20s} {'classic':>10s} {'raw':>10s}")
     for comm, (classic, raw) in sorted(by_comm.items(), key=lambda x: -x[1][0]):
         print(f"{comm:20s} {classic:10d} {raw:10d}")
-    runs = [sum(c[i] for c in by_comm.values()) for i in (0, 1)]
-    print(f"storm transitions: {expected} ({result['completed']} connections "
-          f"at {result['rate']:.0f}/s)")
-    for kind, n in zip(("classic", "raw"), runs):
+    print(f"storm transitions: {expected}")
+    for kind, n in zip(("classic", "raw"), (sum(c[i] for c in by_comm.values()) for i in (0, 1))):
         m = misses.get(kind) or 0
-        print(f"{kind:8s} runs {n} + recursion misses {m} = {n + m}, "
-              f"short of the storm by at least {expected - n - m}")
-    if args.beside_socktrace:
-        rec = summary[-1]["records"] if summary else {}
-        print(f"socktrace records {rec.get('received')} (derived {rec.get('derived')}), "
-              f"lost {rec.get('lost')}")
+        print(f"{kind:8s} runs {n} + recursion misses {m} = {n + m}")
+    if tracer is not None:
+        seen = c["received"] - c["derived"] - c["probe_events"]
+        lost = c["lost"].get("ringbuf_lost", 0) + c["lost"].get("missed", 0)
+        print(f"socktrace kernel records (probes left out) + lost: {seen} + {lost} "
+              f"= {seen + lost}")
     return 0
 
 
