@@ -32,15 +32,21 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tracer import states, wire  # noqa: E402
-from tracer.bpf_backend import MAX_READ, BpfBackend, _prog_misses, ensure_tracefs  # noqa: E402
+from tracer import records, states, wire  # noqa: E402
+from tracer.bpf_backend import BpfBackend, _prog_misses, ensure_tracefs  # noqa: E402
 
 BASE, NPORTS = 21000, 16
 LINE = re.compile(r"^\s*(.+?)-(\d+)\s+\[(\d+)\]\s+(\S+)\s+(\d+)\.(\d+): inet_sock_set_state:.*"
                   r"sport=(\d+) dport=(\d+) saddr=(\S+) daddr=(\S+) .*"
                   r"oldstate=TCP_(\S+) newstate=TCP_(\S+)")
 NUM = states.NUMBERS
-FIELD = {f: i for i, f in enumerate(wire.FIELDS)}
+FIELD = {f: i for i, f in enumerate(wire.STATE_FIELDS)}
+
+
+def state_tuples(span):
+    """The raw st_state records of a ring-buffer span (closed records left out)."""
+    items, _ = records.walk(span)
+    return [wire.STATE.unpack_from(span, off) for kind, off in items if kind == wire.KIND_STATE]
 
 
 def write(path, text):
@@ -50,9 +56,11 @@ def write(path, text):
 
 def key_of(rec):
     """(laddr, lport, raddr, rport, old, new) of a record, as the kernel
-    reported the transition: a FIN_WAIT2 hand-off stands for FIN_WAIT2->CLOSE."""
+    reported the transition: X->TIME_WAIT from a set_state hit stands for
+    X->CLOSE (a FIN_WAIT2 hand-off sends no record: the socket goes on in
+    FIN_WAIT2, held by its timewait socket)."""
     old, new = rec[FIELD["oldstate"]], rec[FIELD["newstate"]]
-    if old == NUM["FIN_WAIT2"] and new in (NUM["TIME_WAIT"], NUM["FIN_WAIT2"]):
+    if new == NUM["TIME_WAIT"]:
         new = NUM["CLOSE"]
     return (socket.inet_ntoa(rec[FIELD["saddr"]][12:]), rec[FIELD["sport"]],
             socket.inet_ntoa(rec[FIELD["daddr"]][12:]), rec[FIELD["dport"]], old, new)
@@ -88,11 +96,11 @@ def main():
         storm = subprocess.Popen(cmd, stdout=subprocess.PIPE)
         done_at = None
         while done_at is None or time.monotonic() < done_at:
-            got_now = backend.read()
+            got_now = state_tuples(backend.read_span())
             raw.extend(got_now)
             if done_at is None and storm.poll() is not None:
                 done_at = time.monotonic() + 0.5     # the storm's last transitions
-            if len(got_now) < MAX_READ:
+            if len(got_now) < 4096:
                 time.sleep(0.005)
         write(os.path.join(inst, "tracing_on"), "0")
         result = json.loads(storm.stdout.read())
@@ -100,7 +108,7 @@ def main():
         misses = {fn.name.decode(): _prog_misses(fn.fd) for fn in backend._bpf.funcs.values()}
         got = collections.defaultdict(list)
         for rec in raw:
-            if rec[FIELD["flags"]] & wire.F_DERIVED:
+            if rec[FIELD["flags"]] & wire.FLAGS["derived"]:
                 continue
             k = key_of(rec)
             if ours(k):

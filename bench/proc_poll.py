@@ -363,14 +363,14 @@ def measure(target, holders, reps, tools, deadline, tool_timeout):
     res["socktrace_open_poll_s"] = b.last_poll_s
     res["socktrace_open_owner_stats"] = dict(b._owners.stats) if b._owners is not None else {}
     t = time.perf_counter()
-    handoffs = b.read()            # the baseline's hand-offs: no poll
-    res["socktrace_handoff_s"] = time.perf_counter() - t
-    owned = sum(1 for rec, *_ in handoffs if rec["pid"] in pids and rec["new"] == "ESTABLISHED")
-    res["socktrace_baseline_sockets"] = len(handoffs)
+    baseline = b.sockets()         # what the first poll remembered: no poll
+    res["socktrace_dump_s"] = time.perf_counter() - t
+    owned = sum(1 for rec in baseline if rec["pid"] in pids and rec["state"] == "ESTABLISHED")
+    res["socktrace_baseline_sockets"] = len(baseline)
     res["socktrace_owners_found"] = owned
     if owned != target:
         raise RuntimeError("socktrace baseline: owners of %d of our %d sockets" % (owned, target))
-    del handoffs
+    del baseline
     walks = dict(b._owners.stats) if b._owners is not None else {}
     changes = []
     changed = []       # a sample of what changed during "steady" polls

@@ -1,5 +1,11 @@
-/* socktrace.bpf.c - every TCP state transition, with its owner and the time
- * spent in the state it leaves, plus the TIME_WAIT the kernel never reports.
+/* socktrace.bpf.c - every TCP state transition, and each connection's whole
+ * story, kept in the kernel.
+ *
+ * The kernel owns a connection's story (as bcc's tcplife does): the `socks`
+ * map holds, per live socket, its id, owner, role, path and time per state;
+ * it moves to `tws` when a timewait socket takes over (TIME_WAIT, or an
+ * orphaned FIN_WAIT2); when the connection ends the program sends the
+ * finished `closed` record itself.  User space only formats records.
  *
  * Compiled by bcc at start-up (tracer/bpf_backend.py passes the -D settings
  * below).  Tracepoints only: kprobes and fentry are not available on the
@@ -7,7 +13,7 @@
  * kernel, so struct fields are read only at offsets found in BTF at run time.
  *
  * Settings (-D):
- *   ST_MAX_SOCKS        entries of the per-socket and timewait maps
+ *   ST_MAX_SOCKS        entries of the per-socket, timewait and seed maps
  *   ST_RINGBUF_PAGES    ring buffer size in pages (power of two)
  *   ST_USE_PERFBUF      kernel < 5.8: perf buffer instead of the ring buffer
  *   ST_TCP_SET_STATE    kernel 4.15: hook tcp:tcp_set_state instead
@@ -15,7 +21,13 @@
  *   ST_OFF_TW_TIMER, ST_OFF_TW_SUBSTATE, ST_OFF_TIMER_EXPIRES
  *                       BTF offsets; without them every timewait arm is
  *                       taken as TIME_WAIT (no FIN_WAIT2 hand-off)
+ *   ST_OFF_SKC_COOKIE   BTF offset of the socket cookie (else own ids only)
+ *   ST_OFF_SK_ERR       BTF offset of sk_err (else `end` cannot name errors)
+ *   ST_OFF_SKC_NET, ST_OFF_NET_INUM
+ *                       BTF offsets of the socket's network namespace inode
  *   ST_FIN_TIMEOUT      net.ipv4.tcp_fin_timeout in seconds
+ *   ST_NO_STATE         --records without state: no per-transition records
+ *   ST_NO_CLOSED        --records without closed
  *   ST_FILTER_FAMILY    4 or 6: emit only that family
  *   ST_FILTER_PORTS     port_filter bitmap is in use
  *   ST_FILTER_LPORTS    ... and holds local-port (--lport) entries
@@ -27,6 +39,7 @@
  *                       ST_OFF_TIMER_FUNCTION: BTF offsets of what they read
  */
 #include "socktrace.h"
+#include "hist.h"
 
 #define TCP_ESTABLISHED	1
 #define TCP_SYN_SENT	2
@@ -43,6 +56,11 @@
 #define ST_AF_INET	2
 #define ST_AF_INET6	10
 
+#define ST_EPIPE	32
+#define ST_ECONNRESET	104
+#define ST_ETIMEDOUT	110
+#define ST_ECONNREFUSED	111
+
 /* A timewait arm belongs to the set_state that follows it on the same CPU;
  * anything older is someone else's. */
 #define ST_ARM_WINDOW_NS	(1000 * 1000ULL)
@@ -50,25 +68,58 @@
 #define ST_CONNECT_WINDOW_NS	(10 * 1000 * 1000ULL)
 #define ST_TIME_WAIT_LEN_S	60
 
+/* Which per-CPU scratch slot a program uses: programs nest on a CPU (the
+ * backup and the timer programs run in interrupts that can come in while
+ * the main program runs), and each must have its own. */
+#define ST_SLOT_MAIN	0
+#define ST_SLOT_BACKUP	1
+#define ST_SLOT_TIMER	2
+
 /* ---- maps ---------------------------------------------------------------- */
 
 #ifdef ST_USE_PERFBUF
 BPF_PERF_OUTPUT(events);
-BPF_PERCPU_ARRAY(scratch, struct st_event, 1);
+BPF_PERCPU_ARRAY(scratch_state, struct st_state, 1);
+BPF_PERCPU_ARRAY(scratch_closed, struct st_closed, 1);
 #else
 BPF_RINGBUF_OUTPUT(events, ST_RINGBUF_PAGES);
 #endif
 
-/* What we know of each live full socket.  Deleted when it closes. */
-struct st_sock {
-	__u64 ts;			/* when it entered its current state */
+/* A connection's story so far.  In `socks` (by socket address) while its
+ * full socket lives, then in `tws` (by timewait timer address). */
+struct st_story {
+	__u64 conn;
+	__u64 start_ns;			/* when it began, or was first seen */
+	__u64 ts;			/* when its current state began */
+	__u64 spent[ST_NR_STATES];	/* ns per state left so far */
+	__u64 deadline;			/* timewait: timer expiry, jiffies */
+	__u64 len_j;			/* timewait: timeout of the first arm */
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u16 sport;
+	__u16 dport;
 	__u32 pid;
+	__u32 netns;			/* network namespace inode, 0 unknown */
+	__u8  family;
 	__u8  owner_from;
-	__u8  state;			/* the state it entered (see main_ran()) */
-	__u8  pad[2];
+	__u8  role;
+	__u8  flags;			/* st_closed flags: LOWER, RST_RECV, ... */
+	__u8  state;			/* current state (timewait: its substate) */
+	__u8  cur_lower;		/* ts is a lower bound: older than us */
+	__u8  path_len;
+	__u8  pad;
+	__u8  path[ST_PATH_LEN];
 	char  comm[ST_COMM_LEN];
 };
-BPF_HASH(socks, __u64, struct st_sock, ST_MAX_SOCKS);
+BPF_HASH(socks, __u64, struct st_story, ST_MAX_SOCKS);
+BPF_HASH(tws, __u64, struct st_story, ST_MAX_SOCKS);
+BPF_PERCPU_ARRAY(scratch, struct st_story, 3);
+
+/* Sockets older than us, by cookie (user space fills it at start). */
+BPF_HASH(seeds, __u64, struct st_seed, ST_MAX_SOCKS);
+
+/* Own connection ids, per CPU and slot: see new_conn(). */
+BPF_PERCPU_ARRAY(conn_seq, __u64, 2);
 
 /* Listening sockets by local address and port: the owner of what they accept. */
 struct st_lkey {
@@ -82,17 +133,6 @@ struct st_listener {
 	char  comm[ST_COMM_LEN];
 };
 BPF_HASH(listeners, struct st_lkey, struct st_listener, 65536);
-
-/* Timewait sockets we follow, by timer address: the connection as it was
- * when its full socket closed, and the (sub)state it is in now. */
-struct st_tw {
-	struct st_event ev;		/* template for the records to come */
-	__u64 state_ts;			/* when the current substate began */
-	__u64 deadline;			/* timer expiry, jiffies */
-	__u64 len_j;			/* timeout of the first arm, jiffies */
-	__u8  substate;			/* FIN_WAIT2 or TIME_WAIT, as reported */
-};
-BPF_HASH(tws, __u64, struct st_tw, ST_MAX_SOCKS);
 
 /* FIN_WAIT2 timewait sockets by 4-tuple, so that a local peer's
  * LAST_ACK->CLOSE (our ACK of its FIN arrived) shows us entering TIME_WAIT. */
@@ -131,6 +171,10 @@ struct st_cancel {
 BPF_PERCPU_ARRAY(pending_cancel, struct st_cancel, 1);
 
 BPF_PERCPU_ARRAY(counters, __u64, ST_NR_COUNTERS);
+/* What the exit report shows: transitions by old*16+new, and per state a
+ * log-linear histogram of the time spent in it (bpf/hist.h). */
+BPF_PERCPU_ARRAY(transitions, __u64, ST_NR_STATES * ST_NR_STATES);
+BPF_PERCPU_ARRAY(hist, __u64, ST_NR_STATES * ST_HIST_BUCKETS);
 
 #ifdef ST_GATE_TIMERS
 /* The gate.  With a port or family filter most sockets never enter our
@@ -156,10 +200,8 @@ BPF_HASH(pid_filter, __u32, __u8, 4096);
 
 /* ---- helpers ------------------------------------------------------------- */
 
-/* Atomic although per CPU: the programs that count into one slot (a full
- * ring buffer: set_state in a process, the backup or a timer program in an
- * interrupt that comes in between the load and the store) nest on a CPU,
- * and a plain ++ would lose the inner count. */
+/* Atomic although per CPU: the programs that count into one slot nest on a
+ * CPU, and a plain ++ would lose the inner count. */
 static __always_inline void count(int idx)
 {
 	__u64 *v = counters.lookup(&idx);
@@ -201,25 +243,77 @@ static __always_inline void forget_tw(__u64 timer)
 		follow(-1);
 }
 
+static __always_inline struct st_story *scratch_slot(int slot)
+{
+	return scratch.lookup(&slot);
+}
+
+/* An id of our own for a socket the kernel gave no cookie yet: the top bit
+ * (never a cookie's), the CPU and slot, then a per-CPU sequence.  Per CPU
+ * and slot, so no two programs ever bump one counter at once. */
+static __always_inline __u64 new_conn(int slot)
+{
+	__u64 *seq = conn_seq.lookup(&slot);
+	__u64 n = 0;
+
+	if (seq)
+		n = ++*seq;
+	return ST_CONN_OWN | ((__u64)bpf_get_smp_processor_id() << 40) |
+	       ((__u64)slot << 38) | (n & ((1ULL << 38) - 1));
+}
+
+static __always_inline __u64 read_cookie(__u64 sk)
+{
+	__u64 c = 0;
+#ifdef ST_OFF_SKC_COOKIE
+	bpf_probe_read_kernel(&c, sizeof(c), (void *)(sk + ST_OFF_SKC_COOKIE));
+#endif
+	return c;
+}
+
+/* The socket's network namespace (sk->__sk_common.skc_net->ns.inum): user
+ * space compares stories with its own sock_diag view, which is one
+ * namespace's. */
+static __always_inline __u32 read_netns(__u64 sk)
+{
+	__u32 inum = 0;
+#if defined(ST_OFF_SKC_NET) && defined(ST_OFF_NET_INUM)
+	__u64 net = 0;
+	bpf_probe_read_kernel(&net, sizeof(net), (void *)(sk + ST_OFF_SKC_NET));
+	if (net)
+		bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(net + ST_OFF_NET_INUM));
+#endif
+	return inum;
+}
+
+static __always_inline int read_err(__u64 sk)
+{
+	int err = 0;
+#ifdef ST_OFF_SK_ERR
+	bpf_probe_read_kernel(&err, sizeof(err), (void *)(sk + ST_OFF_SK_ERR));
+#endif
+	return err;
+}
+
 /* Filters run in the kernel so that what is filtered out costs user space
  * nothing.  A socket whose owner is not known yet passes the pid filter:
  * user space may know it from /proc and filters again. */
-static __always_inline int wanted(const struct st_event *e)
+static __always_inline int wanted(const struct st_story *s)
 {
 #ifdef ST_FILTER_FAMILY
-	if (e->family != ST_FILTER_FAMILY)
+	if (s->family != ST_FILTER_FAMILY)
 		return 0;
 #endif
 #ifdef ST_FILTER_PORTS
-	int lp = e->sport, rp = e->dport;
+	int lp = s->sport, rp = s->dport;
 	__u8 *l = port_filter.lookup(&lp), *r = port_filter.lookup(&rp);
 	__u8 lb = l ? *l : 0, rb = r ? *r : 0;
 	if (!((lb & 1) || (rb & 1) || (lb & 2) || (rb & 4)))
 		return 0;
 #endif
 #ifdef ST_FILTER_PIDS
-	if (e->pid) {
-		__u32 pid = e->pid;
+	if (s->pid) {
+		__u32 pid = s->pid;
 		if (!pid_filter.lookup(&pid))
 			return 0;
 	}
@@ -227,32 +321,173 @@ static __always_inline int wanted(const struct st_event *e)
 	return 1;
 }
 
-/* Reserve, fill (copy the prepared event), submit; a full buffer is counted
- * so user space can say exactly how many records were lost. */
-static __always_inline void emit(void *ctx, const struct st_event *src)
+/* One transition's record: reserve, fill from the story, submit.  A full
+ * buffer is counted so that user space can say exactly what was lost. */
+static __always_inline void emit_state(void *ctx, const struct st_story *s, __u64 ts,
+				       int old, int new, __u64 in_old, __u8 flags,
+				       __u8 via, __u8 reason)
 {
-	int derived = src->flags & ST_F_DERIVED;
+#ifndef ST_NO_STATE
+	int derived = flags & ST_F_DERIVED;
 
-	if (!wanted(src))
+	if (!wanted(s))
 		return;
 #ifdef ST_USE_PERFBUF
-	if (events.perf_submit(ctx, (void *)src, sizeof(*src)) < 0) {
-		count(derived ? ST_CNT_DERIVED_LOST : ST_CNT_RINGBUF_LOST);
-		return;
-	}
+	int zero = 0;
+	struct st_state *e = scratch_state.lookup(&zero);
 #else
-	struct st_event *e = events.ringbuf_reserve(sizeof(*e));
+	struct st_state *e = events.ringbuf_reserve(sizeof(*e));
+#endif
 	if (!e) {
 		count(derived ? ST_CNT_DERIVED_LOST : ST_CNT_RINGBUF_LOST);
 		return;
 	}
-	__builtin_memcpy(e, src, sizeof(*e));
+	e->kind = ST_KIND_STATE;
+	e->pid = s->pid;
+	e->ts_ns = ts;
+	e->conn = s->conn;
+	e->in_old_ns = in_old;
+	__builtin_memcpy(e->saddr, s->saddr, 16);
+	__builtin_memcpy(e->daddr, s->daddr, 16);
+	e->sport = s->sport;
+	e->dport = s->dport;
+	e->family = s->family;
+	e->oldstate = old;
+	e->newstate = new;
+	e->owner_from = s->owner_from;
+	e->role = s->role;
+	e->flags = flags;
+	e->reason = reason;
+	e->via = via;
+	__builtin_memcpy(e->comm, s->comm, ST_COMM_LEN);
+#ifdef ST_USE_PERFBUF
+	if (events.perf_submit(ctx, e, sizeof(*e)) < 0) {
+		count(derived ? ST_CNT_DERIVED_LOST : ST_CNT_RINGBUF_LOST);
+		return;
+	}
+#else
 	/* No wake-up per record: user space polls on a short timer, which
 	 * costs far less than a wake-up for every transition. */
 	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 #endif
-	if (derived)
-		count(ST_CNT_DERIVED_SENT);
+	count(derived ? ST_CNT_DERIVED_SENT : ST_CNT_STATE_SENT);
+#endif
+}
+
+/* How the connection ended, from what the kernel knew at its close. */
+static __always_inline __u8 end_of(const struct st_story *s, int last, int err, __u8 reason)
+{
+	if (last == TCP_SYN_SENT) {
+		if (err == ST_ECONNREFUSED || (s->flags & ST_F_RST_RECV))
+			return ST_END_REFUSED;
+		if (err == ST_ETIMEDOUT)
+			return ST_END_TIMEOUT;
+		return err ? ST_END_ERROR : ST_END_CANCELLED;
+	}
+	if (last == TCP_TIME_WAIT)
+		return ST_END_NORMAL;
+	if ((s->flags & ST_F_RST_RECV) || err == ST_ECONNRESET || err == ST_EPIPE)
+		return ST_END_RESET;
+	if (err == ST_ETIMEDOUT)
+		return ST_END_TIMEOUT;
+	if (err)
+		return ST_END_ERROR;
+	if (last == TCP_LAST_ACK)
+		return ST_END_NORMAL;
+	if (last == TCP_FIN_WAIT2 && reason) {
+		/* a timewait socket still in FIN_WAIT2 */
+		if (reason == ST_REASON_EXPIRED)
+			return ST_END_TIMEOUT;
+		if (reason == ST_REASON_REUSED)
+			return ST_END_NORMAL;
+		return ST_END_RESET;
+	}
+	return ST_END_ABORTED;
+}
+
+/* The finished story.  Listeners have none: they are no connection. */
+static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u64 ts,
+					int err, __u8 reason)
+{
+#ifndef ST_NO_CLOSED
+	if (s->role == ST_ROLE_LISTENER || !wanted(s))
+		return;
+#ifdef ST_USE_PERFBUF
+	int zero = 0;
+	struct st_closed *c = scratch_closed.lookup(&zero);
+#else
+	struct st_closed *c = events.ringbuf_reserve(sizeof(*c));
+#endif
+	if (!c) {
+		count(ST_CNT_CLOSED_LOST);
+		return;
+	}
+	__u8 n = s->path_len > ST_PATH_LEN ? ST_PATH_LEN : s->path_len;
+	int last = n ? s->path[(n - 1) & (ST_PATH_LEN - 1)] : s->state;
+	c->kind = ST_KIND_CLOSED;
+	c->pid = s->pid;
+	c->ts_ns = ts;
+	c->conn = s->conn;
+	c->start_ns = s->start_ns;
+	__builtin_memcpy(c->spent, s->spent, sizeof(c->spent));
+	__builtin_memcpy(c->saddr, s->saddr, 16);
+	__builtin_memcpy(c->daddr, s->daddr, 16);
+	c->sport = s->sport;
+	c->dport = s->dport;
+	c->error = err;
+	c->family = s->family;
+	c->owner_from = s->owner_from;
+	c->role = s->role;
+	c->flags = s->flags;
+	c->end = end_of(s, last, err, reason);
+	c->reason = reason;
+	c->path_len = n;
+	c->pad = 0;
+	__builtin_memcpy(c->path, s->path, ST_PATH_LEN);
+	__builtin_memcpy(c->comm, s->comm, ST_COMM_LEN);
+#ifdef ST_USE_PERFBUF
+	if (events.perf_submit(ctx, c, sizeof(*c)) < 0) {
+		count(ST_CNT_CLOSED_LOST);
+		return;
+	}
+#else
+	events.ringbuf_submit(c, BPF_RB_NO_WAKEUP);
+#endif
+	count(ST_CNT_CLOSED_SENT);
+#endif
+}
+
+/* The story leaves state `old` at `ts`: time, path, transition count and
+ * histogram.  A time that is only a lower bound stays out of the histogram. */
+static __always_inline void leave(struct st_story *s, int old, int new, __u64 ts)
+{
+	__u64 in_old = ts - s->ts;
+	int idx;
+
+	/* CLOSE is no state of the connection's; a new child socket never
+	 * was in its listener's LISTEN */
+	if (old != TCP_CLOSE && !(old == TCP_LISTEN && new == TCP_SYN_RECV)) {
+		s->spent[old & (ST_NR_STATES - 1)] += in_old;
+		if (s->path_len < ST_PATH_LEN)
+			s->path[s->path_len & (ST_PATH_LEN - 1)] = old;
+		else
+			s->flags |= ST_F_PATH_CUT;
+		if (s->path_len < 255)
+			s->path_len++;
+		if (!s->cur_lower && old != TCP_LISTEN) {
+			idx = (old & (ST_NR_STATES - 1)) * ST_HIST_BUCKETS + st_hist_bucket(in_old);
+			__u64 *h = hist.lookup(&idx);
+			if (h)
+				__sync_fetch_and_add(h, 1);
+		}
+	}
+	idx = (old & (ST_NR_STATES - 1)) * ST_NR_STATES + (new & (ST_NR_STATES - 1));
+	__u64 *t = transitions.lookup(&idx);
+	if (t)
+		__sync_fetch_and_add(t, 1);
+	s->state = new;
+	s->ts = ts;
+	s->cur_lower = 0;
 }
 
 static __always_inline __u8 read_substate(__u64 timer)
@@ -265,12 +500,12 @@ static __always_inline __u8 read_substate(__u64 timer)
 	return sub;
 }
 
-static __always_inline void tuple_of(struct st_tuple *t, const struct st_event *e)
+static __always_inline void tuple_of(struct st_tuple *t, const struct st_story *s)
 {
-	__builtin_memcpy(t->laddr, e->saddr, 16);
-	__builtin_memcpy(t->raddr, e->daddr, 16);
-	t->lport = e->sport;
-	t->rport = e->dport;
+	__builtin_memcpy(t->laddr, s->saddr, 16);
+	__builtin_memcpy(t->raddr, s->daddr, 16);
+	t->lport = s->sport;
+	t->rport = s->dport;
 }
 
 static __always_inline struct st_listener *find_listener(const __u8 *addr, __u16 port)
@@ -296,38 +531,49 @@ static __always_inline struct st_listener *find_listener(const __u8 *addr, __u16
 	return listeners.lookup(&k);
 }
 
+/* A story from a seed: a socket older than us that sock_diag showed at start. */
+static __always_inline void story_from_seed(struct st_story *s, __u64 cookie,
+					    const struct st_seed *seed)
+{
+	s->conn = cookie;
+	s->start_ns = seed->since_ns;
+	s->ts = seed->since_ns;
+	s->pid = seed->pid;
+	s->owner_from = seed->owner_from;
+	s->role = seed->role;
+	s->flags = ST_F_LOWER | (seed->flags & ST_F_ESTIMATE);
+	s->cur_lower = 1;
+	__builtin_memcpy(s->comm, seed->comm, ST_COMM_LEN);
+}
+
+/* ---- timewait -------------------------------------------------------------- */
+
 /* A timewait substate change we can see: FIN_WAIT2 -> TIME_WAIT. */
-static __always_inline void tw_promote(void *ctx, struct st_tw *tw, __u64 ts, __u8 via)
+static __always_inline void tw_promote(void *ctx, struct st_story *tw, __u64 ts, __u8 via)
 {
 	struct st_tuple t = {};
+	__u64 in_old = ts - tw->ts;
+	__u8 flags = ST_F_IN_OLD | ST_F_DERIVED | (tw->cur_lower ? ST_F_LOWER : 0);
 
-	tw->ev.ts_ns = ts;
-	tw->ev.oldstate = TCP_FIN_WAIT2;
-	tw->ev.newstate = TCP_TIME_WAIT;
-	tw->ev.in_old_ns = ts - tw->state_ts;
-	tw->ev.flags = ST_F_IN_OLD | ST_F_DERIVED;
-	tw->ev.via = via;
-	tw->ev.reason = ST_REASON_NONE;
-	tw->ev.kind = ST_KIND_STATE;
-	emit(ctx, &tw->ev);
-	tw->substate = TCP_TIME_WAIT;
-	tw->state_ts = ts;
-	tuple_of(&t, &tw->ev);
+	leave(tw, TCP_FIN_WAIT2, TCP_TIME_WAIT, ts);
+	emit_state(ctx, tw, ts, TCP_FIN_WAIT2, TCP_TIME_WAIT, in_old, flags, via,
+		   ST_REASON_NONE);
+	tuple_of(&t, tw);
 	fw2_tuples.delete(&t);
 }
 
 /* A pending timewait cancel on this CPU was not followed by a re-arm of the
- * same timer: the timewait socket is gone.  Report its end. */
+ * same timer: the timewait socket is gone.  Its end, and its story. */
 static __always_inline void tw_end(void *ctx, struct st_cancel *pc)
 {
 	__u64 timer = pc->timer;
-	struct st_tw *tw = tws.lookup(&timer);
+	struct st_story *tw = tws.lookup(&timer);
 	struct st_tuple t = {};
 
 	pc->timer = 0;
 	if (!tw)
 		return;
-	if (tw->substate == TCP_FIN_WAIT2 && pc->substate == TCP_TIME_WAIT) {
+	if (tw->state == TCP_FIN_WAIT2 && pc->substate == TCP_TIME_WAIT) {
 		/* The peer's FIN arrived unseen (a remote peer): the re-arm that
 		 * came with it set expires = then + TIME_WAIT_LEN. */
 		__u64 when = pc->ts;
@@ -338,23 +584,20 @@ static __always_inline void tw_end(void *ctx, struct st_cancel *pc)
 			if (entered_j <= pc->jiffies) {
 				__u64 ago = (pc->jiffies - entered_j) *
 					    (ST_TIME_WAIT_LEN_S * 1000000000ULL / twlen_j);
-				if (ago < pc->ts - tw->state_ts)
+				if (ago < pc->ts - tw->ts)
 					when = pc->ts - ago;
 			}
 		}
 #endif
 		tw_promote(ctx, tw, when, ST_VIA_TIMER);
 	}
-	tw->ev.ts_ns = pc->ts;
-	tw->ev.oldstate = tw->substate;
-	tw->ev.newstate = TCP_CLOSE;
-	tw->ev.in_old_ns = pc->ts - tw->state_ts;
-	tw->ev.flags = ST_F_IN_OLD | ST_F_DERIVED;
-	tw->ev.via = ST_VIA_TIMER;
-	tw->ev.reason = pc->reason;
-	tw->ev.kind = ST_KIND_STATE;
-	emit(ctx, &tw->ev);
-	tuple_of(&t, &tw->ev);
+	int sub = tw->state;
+	__u64 in_old = pc->ts - tw->ts;
+	__u8 flags = ST_F_IN_OLD | ST_F_DERIVED | (tw->cur_lower ? ST_F_LOWER : 0);
+	leave(tw, sub, TCP_CLOSE, pc->ts);
+	emit_state(ctx, tw, pc->ts, sub, TCP_CLOSE, in_old, flags, ST_VIA_TIMER, pc->reason);
+	emit_closed(ctx, tw, pc->ts, 0, pc->reason);
+	tuple_of(&t, tw);
 	fw2_tuples.delete(&t);
 	forget_tw(timer);
 }
@@ -376,13 +619,52 @@ static __always_inline int settle_cancel(void *ctx, __u64 timer)
 	return 0;
 }
 
+/* A timewait socket older than us: its story from its seed, found by the
+ * cookie the timewait socket keeps (tw_cookie). */
+static __always_inline struct st_story *tw_adopt(__u64 timer)
+{
+#if defined(ST_OFF_SKC_COOKIE) && defined(ST_OFF_TW_TIMER)
+	__u64 cookie = read_cookie(timer - ST_OFF_TW_TIMER);
+	struct st_seed *seed;
+	struct st_story *s = scratch_slot(ST_SLOT_TIMER);
+
+	if (!cookie || !s)
+		return 0;
+	seed = seeds.lookup(&cookie);
+	if (!seed)
+		return 0;
+	__builtin_memset(s, 0, sizeof(*s));
+	story_from_seed(s, cookie, seed);
+	__builtin_memcpy(s->saddr, seed->saddr, 16);
+	__builtin_memcpy(s->daddr, seed->daddr, 16);
+	s->sport = seed->sport;
+	s->dport = seed->dport;
+	s->family = seed->family;
+	s->state = seed->state;
+	s->netns = read_netns(timer - ST_OFF_TW_TIMER);
+#ifdef ST_OFF_TIMER_EXPIRES
+	bpf_probe_read_kernel(&s->deadline, sizeof(s->deadline),
+			      (void *)(timer + ST_OFF_TIMER_EXPIRES));
+#endif
+	seeds.delete(&cookie);
+	if (tws.update(&timer, s)) {
+		count(ST_CNT_TW_FULL);
+		return 0;
+	}
+	follow(1);
+	return tws.lookup(&timer);
+#else
+	return 0;
+#endif
+}
+
 /* ---- sock:inet_sock_set_state -------------------------------------------- */
 
 /* The family and port filters, which each front end runs before anything
  * else (the raw one before it reads the addresses): a socket they reject
- * costs a few reads and one array lookup per transition, nothing more.  A client's
- * CLOSE->SYN_SENT has no local port yet: with an --lport filter it passes,
- * to record the owner, and the socket's later CLOSE then clears it. */
+ * costs a few reads and one array lookup per transition, nothing more.  A
+ * client's CLOSE->SYN_SENT has no local port yet: with an --lport filter it
+ * passes, to record the owner, and the socket's later CLOSE then clears it. */
 static __always_inline int filtered_out(__u64 sk, int new, __u16 sport, __u16 dport,
 					__u16 family)
 {
@@ -417,56 +699,91 @@ out: __attribute__((unused));
 	return 1;
 }
 
+/* A socket seen for the first time: a new one (connect, listen, accept),
+ * or one older than us (its seed, if sock_diag showed it at start).
+ * Returns 1 when the time it has spent in `old` is known (from its seed). */
+static __always_inline int story_new(struct st_story *s, __u64 sk, int old, int new,
+				     __u64 now, int slot)
+{
+	__builtin_memset(s, 0, sizeof(*s));
+	s->start_ns = now;
+	s->ts = now;
+	s->netns = read_netns(sk);
+	if (old == TCP_CLOSE) {
+		s->conn = new_conn(slot);
+		s->role = new == TCP_SYN_SENT ? ST_ROLE_CLIENT :
+			  new == TCP_LISTEN ? ST_ROLE_LISTENER : ST_ROLE_UNKNOWN;
+		return 0;
+	}
+	if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
+		s->conn = new_conn(slot);
+		s->role = ST_ROLE_SERVER;
+		return 0;
+	}
+	/* older than us */
+	__u64 cookie = read_cookie(sk);
+	struct st_seed *seed = cookie ? seeds.lookup(&cookie) : 0;
+	if (seed) {
+		story_from_seed(s, cookie, seed);
+		seeds.delete(&cookie);
+		return 1;
+	}
+	s->conn = cookie ? cookie : new_conn(slot);
+	s->flags = ST_F_LOWER;
+	s->cur_lower = 1;
+	return 0;
+}
+
 static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 					__u16 sport, __u16 dport, __u16 family,
-					const __u8 *saddr6, const __u8 *daddr6)
+					const __u8 *saddr6, const __u8 *daddr6, int slot)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct st_sock *si = socks.lookup(&sk);
-	struct st_event e = {};
+	struct st_story *si = socks.lookup(&sk);
+	struct st_story *s = si;
 	int zero = 0;
 
 	settle_cancel(ctx, 0);
+	int known = 1;		/* how long it was in `old` */
+	if (!s) {
+		s = scratch_slot(slot);
+		if (!s)
+			return 0;
+		known = story_new(s, sk, old, new, now, slot);
+	}
 
-	e.kind = ST_KIND_STATE;
-	e.ts_ns = now;
-	e.skaddr = sk;
-	e.oldstate = old;
-	e.newstate = new;
-	e.sport = sport;
-	e.dport = dport;
-	e.family = family == ST_AF_INET6 ? 6 : 4;
+	/* The tuple, as it is now: a client's port is chosen after SYN_SENT. */
+	s->family = family == ST_AF_INET6 ? 6 : 4;
+	s->sport = sport;
+	s->dport = dport;
 #ifdef ST_RAW_TP
 	/* the raw front end read them onto its stack already */
-	__builtin_memcpy(e.saddr, saddr6, 16);
-	__builtin_memcpy(e.daddr, daddr6, 16);
+	__builtin_memcpy(s->saddr, saddr6, 16);
+	__builtin_memcpy(s->daddr, daddr6, 16);
 #else
 	/* helper copy: the verifier refuses loads through a moved ctx pointer */
-	bpf_probe_read_kernel(e.saddr, 16, saddr6);
-	bpf_probe_read_kernel(e.daddr, 16, daddr6);
+	bpf_probe_read_kernel(s->saddr, 16, saddr6);
+	bpf_probe_read_kernel(s->daddr, 16, daddr6);
 #endif
 
 	/* Owner: only connect() and listen() run in the owner's context. */
 	if (new == TCP_SYN_SENT || new == TCP_LISTEN) {
-		e.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(&e.comm, sizeof(e.comm));
-		e.owner_from = new == TCP_LISTEN ? ST_OWNER_LISTEN : ST_OWNER_CONNECT;
-	} else if (si) {
-		e.pid = si->pid;
-		e.owner_from = si->owner_from;
-		__builtin_memcpy(e.comm, si->comm, ST_COMM_LEN);
-	} else if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
-		struct st_listener *l = find_listener(e.saddr, sport);
+		s->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(&s->comm, sizeof(s->comm));
+		s->owner_from = new == TCP_LISTEN ? ST_OWNER_LISTEN : ST_OWNER_CONNECT;
+	} else if (!s->pid && old == TCP_LISTEN && new == TCP_SYN_RECV) {
+		struct st_listener *l = find_listener(s->saddr, sport);
 		if (l) {
-			e.pid = l->pid;
-			e.owner_from = ST_OWNER_LISTENER;
-			__builtin_memcpy(e.comm, l->comm, ST_COMM_LEN);
+			s->pid = l->pid;
+			s->owner_from = ST_OWNER_LISTENER;
+			__builtin_memcpy(s->comm, l->comm, ST_COMM_LEN);
 		}
 	}
-	if (si) {
-		e.in_old_ns = now - si->ts;
-		e.flags |= ST_F_IN_OLD;
-	}
+
+	/* Time in the state left: known when we saw it begin, or from the
+	 * seed of a socket older than us (then a lower bound). */
+	__u64 in_old = known ? now - s->ts : 0;
+	__u8 flags = (known ? ST_F_IN_OLD : 0) | (s->cur_lower ? ST_F_LOWER : 0);
 
 	/* A closing socket whose timewait timer was armed just before, on
 	 * this CPU, lives on as a timewait socket: TIME_WAIT, or FIN_WAIT2
@@ -476,32 +793,27 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 		struct st_arm *arm = pending_arm.lookup(&zero);
 		if (arm && arm->timer && now - arm->ts < ST_ARM_WINDOW_NS) {
 			__u64 timer = arm->timer;
-			struct st_tw tw = {};
-			struct st_tuple t = {};
+			__u8 sub = read_substate(timer);
 
 			arm->timer = 0;
-			tw.substate = read_substate(timer);
-			tw.deadline = arm->expires;
-			tw.len_j = arm->expires - arm->now;
-			e.twaddr = timer;
-			e.via = ST_VIA_TIMER;
-			if (tw.substate == TCP_TIME_WAIT) {
-				e.newstate = TCP_TIME_WAIT;
-				tw.state_ts = now;
+			s->deadline = arm->expires;
+			s->len_j = arm->expires - arm->now;
+			if (sub == TCP_TIME_WAIT) {
+				leave(s, old, TCP_TIME_WAIT, now);
+				emit_state(ctx, s, now, old, TCP_TIME_WAIT, in_old, flags,
+					   ST_VIA_TIMER, ST_REASON_NONE);
 			} else {
-				/* still FIN_WAIT2: no state change to print */
-				e.kind = ST_KIND_HANDOFF;
-				e.newstate = TCP_FIN_WAIT2;
-				tw.state_ts = si ? si->ts : now;
+				/* still FIN_WAIT2, held by the timewait socket:
+				 * no state changed, nothing to say */
+				count(ST_CNT_HANDOFF);
 			}
-			emit(ctx, &e);
-			__builtin_memcpy(&tw.ev, &e, sizeof(e));
-			if (tws.update(&timer, &tw)) {
+			if (tws.update(&timer, s)) {
 				count(ST_CNT_TW_FULL);
 			} else {
 				follow(1);
-				if (tw.substate == TCP_FIN_WAIT2) {
-					tuple_of(&t, &e);
+				if (sub == TCP_FIN_WAIT2) {
+					struct st_tuple t = {};
+					tuple_of(&t, s);
 					fw2_tuples.update(&t, &timer);
 				}
 			}
@@ -510,13 +822,14 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 		}
 	}
 
-	emit(ctx, &e);
+	leave(s, old, new, now);
+	emit_state(ctx, s, now, old, new, in_old, flags, ST_VIA_KERNEL, ST_REASON_NONE);
 
-	/* Book-keeping for the transitions to come. */
 	if (new == TCP_CLOSE) {
+		emit_closed(ctx, s, now, read_err(sk), ST_REASON_NONE);
 		if (old == TCP_LISTEN) {
 			struct st_lkey k = {};
-			__builtin_memcpy(k.addr, e.saddr, 16);
+			__builtin_memcpy(k.addr, s->saddr, 16);
 			k.port = sport;
 			struct st_listener *l = listeners.lookup(&k);
 			if (l && l->sk == sk)
@@ -526,15 +839,15 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 			/* our ACK of a local peer's FIN: look for that peer's
 			 * FIN_WAIT2 timewait socket, now in TIME_WAIT */
 			struct st_tuple t = {};
-			__builtin_memcpy(t.laddr, e.daddr, 16);
-			__builtin_memcpy(t.raddr, e.saddr, 16);
+			__builtin_memcpy(t.laddr, s->daddr, 16);
+			__builtin_memcpy(t.raddr, s->saddr, 16);
 			t.lport = dport;
 			t.rport = sport;
 			__u64 *timer = fw2_tuples.lookup(&t);
 			if (timer) {
 				__u64 tk = *timer;
-				struct st_tw *tw = tws.lookup(&tk);
-				if (tw && tw->substate == TCP_FIN_WAIT2 &&
+				struct st_story *tw = tws.lookup(&tk);
+				if (tw && tw->state == TCP_FIN_WAIT2 &&
 				    read_substate(tk) == TCP_TIME_WAIT)
 					tw_promote(ctx, tw, now, ST_VIA_PEER);
 			}
@@ -543,33 +856,41 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 		return 0;
 	}
 
-	struct st_sock ns = {};
-	ns.ts = now;
-	ns.state = new;
-	ns.pid = e.pid;
-	ns.owner_from = e.owner_from;
-	__builtin_memcpy(ns.comm, e.comm, ST_COMM_LEN);
-	if (socks.update(&sk, &ns))
-		count(ST_CNT_SOCKS_FULL);
-	else if (!si)
-		follow(1);
+	if (!si) {
+		if (socks.update(&sk, s))
+			count(ST_CNT_SOCKS_FULL);
+		else
+			follow(1);
+	}
 
 	if (new == TCP_LISTEN) {
 		struct st_lkey k = {};
 		struct st_listener l = {};
-		__builtin_memcpy(k.addr, e.saddr, 16);
+		__builtin_memcpy(k.addr, s->saddr, 16);
 		k.port = sport;
 		l.sk = sk;
-		l.pid = e.pid;
-		__builtin_memcpy(l.comm, e.comm, ST_COMM_LEN);
+		l.pid = s->pid;
+		__builtin_memcpy(l.comm, s->comm, ST_COMM_LEN);
 		listeners.update(&k, &l);
 	} else if (new == TCP_SYN_SENT) {
 		__u64 id = bpf_get_current_pid_tgid();
 		struct st_connect c = {};
 		c.ts = now;
-		tuple_of(&c.t, &e);
+		tuple_of(&c.t, s);
 		connecting.update(&id, &c);
 	}
+	return 0;
+}
+
+/* ---- tcp:tcp_receive_reset ------------------------------------------------- */
+
+/* A reset came in: it ends the connection (set_state(CLOSE) follows) and
+ * tells a refused connect or a reset connection from the rest. */
+static __always_inline int on_receive_reset(__u64 sk)
+{
+	struct st_story *s = socks.lookup(&sk);
+	if (s)
+		s->flags |= ST_F_RST_RECV;
 	return 0;
 }
 
@@ -586,12 +907,12 @@ static __always_inline int on_timer_start(void *ctx, __u64 timer, __u64 function
 	}
 	settle_cancel(ctx, timer);
 
-	struct st_tw *tw = tws.lookup(&timer);
+	struct st_story *tw = tws.lookup(&timer);
 	if (tw) {
 		/* A re-arm extends the same timewait socket; the FIN that
 		 * makes a FIN_WAIT2 one enter TIME_WAIT re-arms it. */
 		tw->deadline = expires;
-		if (tw->substate == TCP_FIN_WAIT2 && read_substate(timer) == TCP_TIME_WAIT)
+		if (tw->state == TCP_FIN_WAIT2 && read_substate(timer) == TCP_TIME_WAIT)
 			tw_promote(ctx, tw, bpf_ktime_get_ns(), ST_VIA_TIMER);
 		return 0;
 	}
@@ -615,7 +936,9 @@ static __always_inline int on_timer_cancel(void *ctx, __u64 timer, __u64 functio
 	/* most cancels are of other timers: skip the map lookup */
 	if (function && function != ST_TW_HANDLER)
 		return 0;
-	struct st_tw *tw = tws.lookup(&timer);
+	struct st_story *tw = tws.lookup(&timer);
+	if (!tw && function)
+		tw = tw_adopt(timer);	/* one older than us? */
 	if (!tw)
 		return 0;
 
@@ -643,14 +966,14 @@ static __always_inline int on_timer_cancel(void *ctx, __u64 timer, __u64 functio
 	__u64 id = bpf_get_current_pid_tgid();
 	struct st_connect *c = connecting.lookup(&id);
 	if (c && pc->ts - c->ts < ST_CONNECT_WINDOW_NS &&
-	    c->t.rport == tw->ev.dport &&
-	    (c->t.lport == 0 || c->t.lport == tw->ev.sport)) {
+	    c->t.rport == tw->dport &&
+	    (c->t.lport == 0 || c->t.lport == tw->sport)) {
 		pc->reason = ST_REASON_REUSED;
 		connecting.delete(&id);
 		return 0;
 	}
 	/* Reused by a SYN to our listener (the server side held TIME_WAIT). */
-	if (find_listener(tw->ev.saddr, tw->ev.sport))
+	if (find_listener(tw->saddr, tw->sport))
 		pc->reason = ST_REASON_REUSED;
 	return 0;
 }
@@ -686,13 +1009,18 @@ static __always_inline __u64 timer_function(__u64 timer)
 #define ST_SKC(field)	(skc + ST_OFF_SKC_##field - ST_OFF_SKC_DADDR)
 
 /* TP_PROTO(const struct sock *sk, const int oldstate, const int newstate) */
-static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx, int slot)
 {
 	__u64 sk = ctx->args[0];
 	__u8 skc[ST_SKC_SPAN] = {}, saddr[16] = {}, daddr[16] = {};
 	__u16 family, sport, dport;
 	int old = ctx->args[1], new = ctx->args[2];
 
+	/* old == new (a close() after shutdown()) is no transition */
+	if (old == new) {
+		count(ST_CNT_SELF);
+		return 0;
+	}
 	/* the filters first, at two reads; what they reject costs nothing more */
 	bpf_probe_read_kernel(skc, sizeof(skc), (void *)(sk + ST_OFF_SKC_DADDR));
 	__builtin_memcpy(&family, ST_SKC(FAMILY), 2);
@@ -713,7 +1041,7 @@ static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx)
 		__builtin_memcpy(saddr + 12, ST_SKC(RCV_SADDR), 4);
 		__builtin_memcpy(daddr + 12, ST_SKC(DADDR), 4);
 	}
-	return on_set_state(ctx, sk, old, new, sport, dport, family, saddr, daddr);
+	return on_set_state(ctx, sk, old, new, sport, dport, family, saddr, daddr, slot);
 }
 
 /* The kernel skips a program that its own tracepoint interrupts on the
@@ -756,7 +1084,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		r->states = (__u32)ctx->args[1] << 8 | (__u32)ctx->args[2];
 		st->depth++;
 	}
-	return raw_set_state(ctx);
+	return raw_set_state(ctx, ST_SLOT_MAIN);
 }
 
 /* A transition not near the top of the stack: the main program was skipped
@@ -771,11 +1099,14 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
  * fact skipped, counted among the misses.  With a port or family filter,
  * the sockets it rejects are untracked too and their closes common: those
  * are handled here, as before this check, and the filter drops them.
- * A full `socks` map (reported as such) also leaves a socket untracked. */
-static __always_inline int main_ran(__u64 sk, int new)
+ * A full `socks` map (reported as such) also leaves a socket untracked.
+ * A self-transition changes nothing: never handled here. */
+static __always_inline int main_ran(__u64 sk, int old, int new)
 {
-	struct st_sock *si = socks.lookup(&sk);
+	struct st_story *si = socks.lookup(&sk);
 
+	if (old == new)
+		return 1;
 	if (new == TCP_CLOSE) {
 #if defined(ST_FILTER_PORTS) || defined(ST_FILTER_FAMILY)
 		return 0;
@@ -806,9 +1137,9 @@ int set_state_backup(struct bpf_raw_tracepoint_args *ctx)
 			ran = 1;
 		}
 	}
-	if (!ran && !main_ran(ctx->args[0], ctx->args[2])) {
+	if (!ran && !main_ran(ctx->args[0], ctx->args[1], ctx->args[2])) {
 		count(ST_CNT_RECOVERED);
-		ret = raw_set_state(ctx);
+		ret = raw_set_state(ctx, ST_SLOT_BACKUP);
 	}
 	st->in_backup = 0;
 	return ret;
@@ -842,6 +1173,12 @@ RAW_TRACEPOINT_PROBE(timer_expire_entry)
 	return 0;
 }
 
+/* TP_PROTO(struct sock *sk) */
+RAW_TRACEPOINT_PROBE(tcp_receive_reset)
+{
+	return on_receive_reset(ctx->args[0]);
+}
+
 #else /* classic tracepoints: the arguments come decoded in args */
 
 #ifdef ST_TCP_SET_STATE
@@ -850,23 +1187,31 @@ TRACEPOINT_PROBE(tcp, tcp_set_state)
 {
 	__u16 family = args->saddr_v6[10] == 0xff && args->saddr_v6[11] == 0xff &&
 		       !args->saddr_v6[0] ? ST_AF_INET : ST_AF_INET6;
+	if (args->oldstate == args->newstate) {
+		count(ST_CNT_SELF);
+		return 0;
+	}
 	if (filtered_out((__u64)args->skaddr, args->newstate, args->sport, args->dport, family))
 		return 0;
 	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
 			    args->sport, args->dport, family,
-			    args->saddr_v6, args->daddr_v6);
+			    args->saddr_v6, args->daddr_v6, ST_SLOT_MAIN);
 }
 #else
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
 	if (args->protocol != 6 /* IPPROTO_TCP */)
 		return 0;
+	if (args->oldstate == args->newstate) {
+		count(ST_CNT_SELF);
+		return 0;
+	}
 	if (filtered_out((__u64)args->skaddr, args->newstate, args->sport, args->dport,
 			 args->family))
 		return 0;
 	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
 			    args->sport, args->dport, args->family,
-			    args->saddr_v6, args->daddr_v6);
+			    args->saddr_v6, args->daddr_v6, ST_SLOT_MAIN);
 }
 #endif
 
@@ -890,5 +1235,10 @@ TRACEPOINT_PROBE(timer, timer_expire_entry)
 	if (!timers_idle())
 		settle_cancel(args, 0);
 	return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+	return on_receive_reset((__u64)args->skaddr);
 }
 #endif /* ST_RAW_TP */

@@ -1,30 +1,49 @@
 /* socktrace.h - the one definition of what the kernel side hands to user space.
  *
- * Included by socktrace.bpf.c; tracer/wire.py mirrors struct st_event and
- * tests/test_wire.py compiles this header to check that the two agree
- * (size and every offset).  Change both together.
+ * Included by socktrace.bpf.c and tracer/_fmt.c; tracer/wire.py mirrors the
+ * records and tests/test_wire.py compiles this header to check that the two
+ * agree (size and every offset), and that every enum below is the one the
+ * spec (tracer/spec.py) publishes.  Change them together.
+ *
+ * Every record starts with a __u32 kind; the ring buffer gives its length.
  */
 #ifndef SOCKTRACE_H
 #define SOCKTRACE_H
 
-#define ST_COMM_LEN 16
+#define ST_COMM_LEN	16
+#define ST_PATH_LEN	16	/* states a closed record lists (more: ST_F_PATH_CUT) */
+#define ST_NR_STATES	16	/* spent[] and the histograms, by TCP state number */
 
-/* What a record is.  Only STATE records become output lines; HANDOFF tells
- * the connection table that a closing socket now lives on as a timewait
- * socket still in FIN_WAIT2 (no state changed, so nothing is printed). */
+/* Per-state histograms of time spent: log-linear, ST_HIST_SUB buckets per
+ * power of two (relative error of a bucket's middle < 1/(2*ST_HIST_SUB)). */
+#define ST_HIST_SUB_BITS	5
+#define ST_HIST_SUB		(1 << ST_HIST_SUB_BITS)
+#define ST_HIST_BUCKETS		(64 * ST_HIST_SUB)
+
+/* Own connection ids have this bit set; socket cookies never reach it. */
+#define ST_CONN_OWN	(1ULL << 63)
+
 enum st_kind {
-	ST_KIND_STATE   = 0,
-	ST_KIND_HANDOFF = 1,
+	ST_KIND_STATE  = 1,	/* struct st_state: one transition */
+	ST_KIND_CLOSED = 2,	/* struct st_closed: a connection's whole story */
 };
 
 /* How pid/comm were found.  Transitions in softirq run in whatever task was
  * interrupted, so the owner is remembered from the one transition that runs
  * in the owner's own context and carried along, never taken from current. */
 enum st_owner_from {
-	ST_OWNER_UNKNOWN  = 0,	/* socket predates the tracer */
+	ST_OWNER_UNKNOWN  = 0,	/* socket predates the tracer, owner not found */
 	ST_OWNER_CONNECT  = 1,	/* task that called connect() (CLOSE->SYN_SENT) */
 	ST_OWNER_LISTEN   = 2,	/* task that called listen() (CLOSE->LISTEN) */
 	ST_OWNER_LISTENER = 3,	/* accepted socket: its listener's owner */
+	ST_OWNER_PROC     = 4,	/* found in /proc (socket older than the tracer) */
+};
+
+enum st_role {
+	ST_ROLE_UNKNOWN  = 0,
+	ST_ROLE_CLIENT   = 1,	/* it called connect() */
+	ST_ROLE_SERVER   = 2,	/* accepted by a listener */
+	ST_ROLE_LISTENER = 3,
 };
 
 /* Why a timewait socket ended (TIME_WAIT->CLOSE, or a FIN_WAIT2 held by one). */
@@ -42,45 +61,116 @@ enum st_via {
 	ST_VIA_PEER   = 2,	/* FIN_WAIT2->TIME_WAIT seen as the local peer's LAST_ACK->CLOSE */
 };
 
+/* How a connection ended, from what the kernel knew at its close. */
+enum st_end {
+	ST_END_NORMAL    = 0,	/* both FINs: through TIME_WAIT or LAST_ACK */
+	ST_END_REFUSED   = 1,	/* a reset answered the SYN (ECONNREFUSED) */
+	ST_END_TIMEOUT   = 2,	/* ETIMEDOUT, or a FIN_WAIT2 that timed out */
+	ST_END_CANCELLED = 3,	/* closed by its owner while still connecting */
+	ST_END_RESET     = 4,	/* a reset was sent or received */
+	ST_END_ERROR     = 5,	/* another socket error (see error) */
+	ST_END_ABORTED   = 6,	/* closed before both FINs, no reset or error seen */
+};
+
 enum st_flags {
-	ST_F_IN_OLD  = 1,	/* in_old_ns is valid (we saw the old state begin) */
-	ST_F_DERIVED = 2,	/* worked out from timers or the peer, not one
+	ST_F_IN_OLD     = 1,	/* in_old_ns is valid */
+	ST_F_LOWER      = 2,	/* the socket predates the tracer: times are lower
+				 * bounds (or estimates, with ST_F_ESTIMATE) */
+	ST_F_DERIVED    = 4,	/* worked out from timers or the peer, not one
 				 * sock:inet_sock_set_state hit of its own */
+	ST_F_RST_SENT   = 8,	/* closed: a reset went out (tcp:tcp_send_reset) */
+	ST_F_RST_RECV   = 16,	/* closed: a reset came in (tcp:tcp_receive_reset) */
+	ST_F_PATH_CUT   = 32,	/* closed: more states than ST_PATH_LEN */
+	ST_F_ESTIMATE   = 64,	/* times of a socket older than the tracer are
+				 * the kernel's estimate (TIME_WAIT's timer) */
 };
 
 /* Kernel-side counters (per-CPU array indexes), read by user space. */
 enum st_counter {
-	ST_CNT_RINGBUF_LOST = 0,	/* transition records that did not fit the ring buffer */
-	ST_CNT_SOCKS_FULL   = 1,	/* sockets whose timestamps/owner did not fit */
+	ST_CNT_RINGBUF_LOST = 0,	/* state records that did not fit the ring buffer */
+	ST_CNT_SOCKS_FULL   = 1,	/* sockets whose story did not fit the map */
 	ST_CNT_TW_FULL      = 2,	/* timewait sockets that could not be tracked */
 	ST_CNT_DERIVED_LOST = 3,	/* ST_F_DERIVED records that did not fit */
-	ST_CNT_DERIVED_SENT = 4,	/* ST_F_DERIVED records submitted (not a loss):
+	ST_CNT_CLOSED_LOST  = 4,	/* closed records that did not fit */
+	ST_CNT_DERIVED_SENT = 5,	/* ST_F_DERIVED records submitted (not a loss):
 					 * lets user space split what it received */
-	ST_CNT_RECOVERED    = 5,	/* transitions the kernel skipped the main
+	ST_CNT_RECOVERED    = 6,	/* transitions the kernel skipped the main
 					 * program for and the backup one handled
 					 * (not a loss: see "attachment") */
-	ST_NR_COUNTERS      = 6,
+	ST_CNT_SELF         = 7,	/* old == new hits: not transitions, dropped */
+	ST_CNT_STATE_SENT   = 8,	/* state records submitted (not a loss) */
+	ST_CNT_CLOSED_SENT  = 9,	/* closed records submitted (not a loss) */
+	ST_CNT_HANDOFF      = 10,	/* X->CLOSE hits where a timewait socket goes
+					 * on in FIN_WAIT2: no state changed, no
+					 * record (not a loss) */
+	ST_NR_COUNTERS      = 11,
 };
 
-struct st_event {
+/* One transition. */
+struct st_state {
+	__u32 kind;		/* ST_KIND_STATE */
+	__u32 pid;		/* owner tgid, 0 when unknown */
 	__u64 ts_ns;		/* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the transition */
-	__u64 skaddr;		/* struct sock *: the connection's identity */
-	__u64 twaddr;		/* timewait timer holding it after close, else 0 */
+	__u64 conn;		/* connection id: socket cookie, or ST_CONN_OWN | n */
 	__u64 in_old_ns;	/* time spent in oldstate, valid with ST_F_IN_OLD */
 	__u8  saddr[16];	/* local address; IPv4 as ::ffff:a.b.c.d */
 	__u8  daddr[16];	/* remote address */
-	__u32 pid;		/* owner tgid, 0 when unknown */
 	__u16 sport;		/* local port, host order (0 before connect picks one) */
 	__u16 dport;		/* remote port, host order */
 	__u8  family;		/* 4 or 6 */
 	__u8  oldstate;		/* TCP_* numbers, see tracer/states.py */
 	__u8  newstate;
 	__u8  owner_from;	/* enum st_owner_from */
+	__u8  role;		/* enum st_role */
 	__u8  flags;		/* enum st_flags */
 	__u8  reason;		/* enum st_reason */
 	__u8  via;		/* enum st_via */
-	__u8  kind;		/* enum st_kind */
 	char  comm[ST_COMM_LEN];	/* owner's comm */
+};
+
+/* A connection that ended: its whole story, as the kernel kept it. */
+struct st_closed {
+	__u32 kind;		/* ST_KIND_CLOSED */
+	__u32 pid;
+	__u64 ts_ns;		/* when it closed (CLOCK_MONOTONIC) */
+	__u64 conn;
+	__u64 start_ns;		/* when it began (ST_F_LOWER: when first seen) */
+	__u64 spent[ST_NR_STATES];	/* ns spent in each state, by number */
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__s32 error;		/* the socket's error at close (an errno), 0 none */
+	__u8  family;
+	__u8  owner_from;
+	__u8  role;
+	__u8  flags;
+	__u8  end;		/* enum st_end */
+	__u8  reason;		/* enum st_reason, of a timewait end */
+	__u8  path_len;		/* states in path (at most ST_PATH_LEN) */
+	__u8  pad;
+	__u8  path[ST_PATH_LEN];	/* the states it went through, in order */
+	char  comm[ST_COMM_LEN];
+};
+
+/* A socket older than the tracer, handed to the kernel by user space at
+ * start (seeds map, keyed by socket cookie): what sock_diag and /proc know,
+ * so that its first transition or its timewait end carries its story. */
+struct st_seed {
+	__u64 since_ns;		/* in its state since (CLOCK_MONOTONIC), lower bound */
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 pid;
+	__u8  family;
+	__u8  owner_from;
+	__u8  role;
+	__u8  flags;		/* ST_F_LOWER, and ST_F_ESTIMATE when since_ns is
+				 * the kernel's own figure (TIME_WAIT's timer) */
+	__u8  state;		/* its state at start */
+	__u8  pad[3];
+	char  comm[ST_COMM_LEN];
 };
 
 #endif /* SOCKTRACE_H */

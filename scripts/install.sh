@@ -82,9 +82,9 @@ fi
 extra=
 [ "$want_test" = test ] && extra="[test]"
 stamp=.venv/.socktrace-installed$extra
-# again when the build inputs changed (setup.py compiles tracer/_native.c)
+# again when the build inputs changed (setup.py compiles tracer/_fmt.c)
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
-   [ tracer/_native.c -nt "$stamp" ] || [ bpf/socktrace.h -nt "$stamp" ]; then
+   [ tracer/_fmt.c -nt "$stamp" ] || [ bpf/socktrace.h -nt "$stamp" ]; then
     say "pip install -e .$extra"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra" >&2
     touch "$stamp"

@@ -165,11 +165,12 @@ def read_events(path):
 
 def _brief(e):
     if e.get("type") == "state":
-        return "%s %s sk=%s %s:%s->%s:%s %s->%s in_old=%s pid=%s/%s %s%s%s" % (
-            e["ts"][11:], e["type"], e["sk"][-6:], e["laddr"], e["lport"], e["raddr"],
+        return "%s %s conn=%s %s:%s->%s:%s %s->%s in_old=%s pid=%s/%s %s%s%s%s" % (
+            e["ts"][11:], e["type"], e["conn"][-6:], e["laddr"], e["lport"], e["raddr"],
             e["rport"], e["old"], e["new"], e["in_old_ns"], e["pid"], e["comm"],
-            e["owner_from"], " via=%s" % e["via"] if "via" in e else "",
-            " reason=%s" % e["reason"] if "reason" in e else "")
+            e["owner_from"], " via=%s" % e["via"] if e["via"] else "",
+            " reason=%s" % e["reason"] if e["reason"] else "",
+            " lower_bound" if e["lower_bound"] else "")
     return json.dumps(e)[:300]
 
 

@@ -6,10 +6,11 @@ One socktrace runs for the whole module (``tracer_run`` in conftest.py: the
 BPF program is compiled once; it traces the workload processes and this one,
 see there); the filter tests and the "older than the tracer" test start their
 own.  The client-first connection of the expiry test is made first, so that
-its 60 s TIME_WAIT runs out while the other tests run.  Each test picks exactly its sockets from the stream by
-the 4-tuples the workload reports and by the kernel socket address (``sk``):
-a client's first event, CLOSE->SYN_SENT, has local port 0, so it is matched by
-``sk`` and the tuple of the events that follow it.
+its 60 s TIME_WAIT runs out while the other tests run.  Each test picks
+exactly its sockets from the stream by the 4-tuples the workload reports and
+by the connection id (``conn``): a client's first event, CLOSE->SYN_SENT, has
+local port 0, so it is matched by ``conn`` and the tuple of the events that
+follow it.
 
 The host may be busy with other traffic (benchmarks): nothing here assumes
 the stream holds only this module's events.  ``-m "not slow"`` leaves out the
@@ -83,9 +84,10 @@ CLOSED = {
     ("client-first", "server"): {"end": "normal", "closed_first": "remote"},
     ("client-first-late", "server"): {"end": "normal", "closed_first": "remote"},
     ("server-first", "client"): {"end": "normal", "closed_first": "remote"},
-    ("reset", "client"): {"end": "reset"},
-    ("reset", "server"): {"end": "reset"},
-    ("refused", "client"): {"end": "refused"},
+    # SO_LINGER {1,0}: the client aborts (its reset goes out after its CLOSE)
+    ("reset", "client"): {"end": "aborted", "error": None},
+    ("reset", "server"): {"end": "reset", "error": "ECONNRESET"},
+    ("refused", "client"): {"end": "refused", "error": "ECONNREFUSED"},
 }
 TW_END = ("TIME_WAIT", "CLOSE")
 
@@ -100,16 +102,16 @@ def pairs(chain):
 
 
 def follow(events, first, lport, rport):
-    """The events of the socket that *first* starts: same ``sk``, same
+    """The events of the socket that *first* starts: same ``conn``, same
     family and local/remote ports (the first event may have local port 0),
     each leaving the state the previous one entered.  Returns (chain,
     strays): strays are events of the same sk and ports that do not fit
-    (another socket reusing both, or a wrong transition)."""
+    (a wrong transition: conn is never shared, so there should be none)."""
     idx = next(i for i, e in enumerate(events) if e is first)
     chain, strays = [first], []
     state = first["new"]
     for e in events[idx + 1:]:
-        if (e.get("type") != "state" or e["sk"] != first["sk"] or e["lport"] != lport
+        if (e.get("type") != "state" or e["conn"] != first["conn"] or e["lport"] != lport
                 or e["rport"] != rport or e["family"] != first["family"]):
             continue
         if state != "CLOSE" and e["old"] == state:
@@ -121,14 +123,14 @@ def follow(events, first, lport, rport):
 
 
 def closed_for(events, chain):
-    """The closed record that ends *chain* (same sk and ports, after its
+    """The closed record that ends *chain* (same conn and ports, after its
     last event), or None."""
     last = chain[-1]
     if last["new"] != "CLOSE":
         return None
     idx = next(i for i, e in enumerate(events) if e is last)
     for e in events[idx:]:
-        if (e.get("type") == "closed" and e["sk"] == last["sk"] and e["lport"] == last["lport"]
+        if (e.get("type") == "closed" and e["conn"] == last["conn"] and e["lport"] == last["lport"]
                 and e["rport"] == last["rport"]):
             return e
     return None
@@ -146,7 +148,7 @@ def client_sockets(events, c, pid):
                 # which port it got shows in the next event of that sk; not
                 # there yet: it may be another connect() to the same place
                 nxt = next((x for x in events[i + 1:] if x.get("type") == "state"
-                            and x["sk"] == e["sk"] and x["family"] == e["family"]), None)
+                            and x["conn"] == e["conn"]), None)
                 if nxt is None or nxt["lport"] != c["lport"] or nxt["rport"] != c["rport"]:
                     continue
             out.append(follow(events, e, c["lport"], c["rport"]))
@@ -230,13 +232,14 @@ def check_marks(chain, what):
             # "timer": the timewait timer was armed in TIME_WAIT (ACK+FIN
             # arrived together, or its re-arm was seen); "peer": the local
             # peer's LAST_ACK->CLOSE showed it first
-            assert e.get("via") in ("timer", "peer"), "%s: %s" % (what, e)
-            assert "reason" not in e, "%s: %s" % (what, e)
+            assert e["via"] in ("timer", "peer"), "%s: %s" % (what, e)
+            assert e["reason"] is None, "%s: %s" % (what, e)
         elif t == TW_END:
-            assert e.get("via") == "timer", "%s: %s" % (what, e)
-            assert e.get("reason") in ("expired", "reused", "killed"), "%s: %s" % (what, e)
+            assert e["via"] == "timer", "%s: %s" % (what, e)
+            assert e["reason"] in ("expired", "reused", "killed"), "%s: %s" % (what, e)
         else:
-            assert "via" not in e and "reason" not in e, "%s: kernel transition marked: %s" % (what, e)
+            assert e["via"] is None and e["reason"] is None, (
+                "%s: kernel transition marked: %s" % (what, e))
 
 
 def check_tuple(chain, c, what):
@@ -252,10 +255,11 @@ def check_tuple(chain, c, what):
 def check_closed(rec, chain, role, what, **expect):
     assert rec is not None, "%s: no closed record after\n%s" % (what, describe(chain))
     assert rec["lifetime_ns"] == sum(rec["states"].values()), "%s: %s" % (what, rec)
-    spent = {}
+    spent = dict.fromkeys(rec["states"], 0)
     for e in chain[1:]:
-        spent[e["old"]] = spent.get(e["old"], 0) + e["in_old_ns"]
+        spent[e["old"]] += e["in_old_ns"]
     assert rec["states"] == spent, "%s: closed states %s, events say %s" % (what, rec["states"], spent)
+    assert rec["conn"] == chain[0]["conn"], "%s: %s" % (what, rec)
     assert rec["path"] == [e["new"] for e in chain], "%s: %s" % (what, rec)
     assert rec["role"] == role, "%s: %s" % (what, rec)
     last = chain[-1]
@@ -397,8 +401,8 @@ def test_connection_sequence(tracer_run, mode, family):
     check_owner(chain, srv.pid, "st-server", "listen", what)
     check_in_old(chain, what)
     assert chain[0]["laddr"] == s["laddr"]
-    assert not [e for e in evs if e.get("type") == "closed" and e["sk"] == chain[0]["sk"]
-                and e["lport"] == s["lport"] and e["rport"] == 0], "a listener has no closed record"
+    assert not [e for e in evs if e.get("type") == "closed" and e["conn"] == chain[0]["conn"]
+                ], "a listener has no closed record"
 
 
 # ---------------------------------------------------------------------------
@@ -438,10 +442,9 @@ def test_time_wait_reused(tracer_run, family):
     (old, old_strays), (new, new_strays) = client_sockets(evs, c, cli.pid)
     what = "IPv%d first connection" % family
     assert pairs(old) == EXPECTED["client-first"]["client"] + [TW_END], describe(old)
-    # the only events of that sk and 4-tuple that are not the old socket's
-    # are the new socket's (the kernel may hand out the same address)
-    assert all(e in new for e in old_strays), describe(old_strays)
-    assert all(e in old for e in new_strays), describe(new_strays)
+    # one id each, never shared
+    assert not old_strays and not new_strays, describe(old_strays + new_strays)
+    assert old[0]["conn"] != new[0]["conn"]
     end = old[-1]
     assert end["reason"] == "reused", "%s: %s" % (what, end)
     assert 0.9e9 <= end["in_old_ns"] <= 5e9, "%s: TIME_WAIT lasted %d ns" % (what, end["in_old_ns"])
@@ -480,14 +483,16 @@ def test_time_wait_reused(tracer_run, family):
 
 
 def _key(e):
-    """What two socktraces must agree on for one record (timestamps and
-    durations come from two BPF programs, so only their presence)."""
-    base = (e["type"], e["sk"], e["family"], e["laddr"], e["lport"], e["raddr"], e["rport"],
+    """What two socktraces must agree on for one record (timestamps,
+    durations and own connection ids come from two BPF programs, so only
+    their presence)."""
+    base = (e["type"], e["family"], e["laddr"], e["lport"], e["raddr"], e["rport"],
             e["pid"], e["comm"], e["owner_from"])
     if e["type"] == "state":
-        return base + (e["old"], e["new"], e["in_old_ns"] is None, e.get("via"), e.get("reason"))
+        return base + (e["old"], e["new"], e["in_old_ns"] is None, e["via"], e["reason"],
+                       e["role"], e["lower_bound"])
     if e["type"] == "closed":
-        return base + (tuple(e["path"]), e["role"], e["end"], e["closed_first"])
+        return base + (tuple(e["path"]), e["role"], e["end"], e["closed_first"], e["error"])
     return base
 
 
@@ -762,8 +767,11 @@ def test_connection_older_than_tracer(workers, tmp_path):
         check_owner(chain, pid, comm, "proc", what)
         # how long it had been ESTABLISHED is known only from the tracer's
         # start: a lower bound, said so
-        assert first.get("lower_bound") is True and first["in_old_ns"] is not None, first
+        assert first["lower_bound"] is True and first["in_old_ns"] is not None, first
         check_in_old(chain, what, first_known=True)
+        # the kernel's socket cookie (sock_diag gave it one at start), not an own id
+        assert int(first["conn"], 16) < 1 << 63, first
+        assert all(e["conn"] == first["conn"] for e in chain), describe(chain)
 
 
 @pytest.mark.bpf
@@ -800,7 +808,7 @@ def test_filtered_older_fin_wait2_enters_time_wait(workers, tmp_path):
     no_lost(evs)
     mine = entered(evs)
     assert [(e["old"], e["new"]) for e in mine] == [("FIN_WAIT2", "TIME_WAIT")], describe(got)
-    assert mine[0].get("via") == "timer", mine[0]
+    assert mine[0]["via"] == "timer", mine[0]
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The eBPF backend: compile bpf/socktrace.bpf.c with bcc, attach it to the
-tracepoints, and read its records in batches straight from the ring buffer.
+tracepoints, and read its finished records in batches straight from the ring
+buffer.  The kernel keeps each connection's story (tracer/backends.py says
+what every backend hands on); this module loads, reads and cleans up.
 
 bcc's own ring buffer reader calls back into Python once per record, which
 caps a consumer at ~250k records/s before it has done any work.  Here the
@@ -16,9 +18,13 @@ import ctypes
 import mmap
 import os
 import platform
+import socket
 import struct
+import time
 
-from . import wire
+from . import hist, records, spec, states, wire
+from .backend import Backend, Failure, Unavailable
+from .filters import Filter
 
 TRACEFS = "/sys/kernel/tracing"
 DEFAULT_MAX_SOCKS = 262144
@@ -28,23 +34,13 @@ _U64 = struct.Struct("<Q")
 _HDR = struct.Struct("<II")
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
-_REC = wire.EVENT.size
-_STRIDE = (_REC + 8 + 7) & ~7        # ring buffer header + record, 8-aligned
-# One read takes at most this many records; run.py reads again at once
-# when a read was this large.  Behind a storm, a read of the whole ring
-# (131k records at 16 MB) was decoded and formatted in one go: the
-# consumer's peak RSS reached 530 MB and the allocator faulted its pages
-# in again for every read.
-MAX_READ = 8192
-STRIDE = _STRIDE                     # read_span()'s layout: a record every STRIDE
-RECORD_OFFSET = 8                    # bytes, after the ring buffer's 8-byte header
-_BODY = struct.Struct("<%dx" % 8 + wire.EVENT.format.lstrip("<") + "%dx" % (_STRIDE - 8 - _REC))
-_PERF_HDR = _HDR.pack(_REC, 0)       # a perf buffer record laid out as the ring's
-_PERF_PAD = bytes(_STRIDE - 8 - _REC)
-
-
-class Unavailable(Exception):
-    """eBPF cannot run here; the message is one line saying why."""
+_LEN_MASK = 0x3FFFFFFF
+# One read takes at most this many bytes of records (about 8k state
+# records); run.py reads again at once when a read was this large.  Behind a
+# storm, a read of the whole ring (16 MB) was decoded and formatted in one
+# go: the consumer's peak RSS reached 530 MB and the allocator faulted its
+# pages in again for every read.
+MAX_READ_BYTES = 8192 * (wire.STATE.size + 8)
 
 
 def kernel_version(release=None):
@@ -113,29 +109,30 @@ def preflight():
     return None
 
 
-class BpfBackend:
-    """Source of decoded kernel records.  ``open()`` loads and attaches,
-    ``read()`` returns the records that arrived since the last call,
-    ``lost()`` the new kernel-side losses, ``close()`` detaches."""
+class BpfBackend(Backend):
+    """The kernel's finished records (the interface: tracer/backend.py)."""
 
     source = "bpf"
 
     def __init__(self, max_socks=DEFAULT_MAX_SOCKS, ringbuf_mb=DEFAULT_RINGBUF_MB,
                  family=None, ports=(), lports=(), rports=(), pids=(),
-                 timewait=True):
+                 timewait=True, record_types=("state", "closed")):
         self.max_socks = max_socks
         self.ringbuf_pages = _pow2_pages(ringbuf_mb)
         self.family = family
         self.ports, self.lports, self.rports = set(ports), set(lports), set(rports)
         self.pids = set(pids)
         self.timewait = timewait
-        self.notes = []          # one-line caveats for stderr (degraded features)
+        self.record_types = frozenset(record_types)
+        self.notes = []
+        self._suspects = set()       # reconcile(): stories missing from one dump          # one-line caveats for stderr (degraded features)
         self._bpf = None
         self._rb = None
         self._backup_link = None
         self._counters_seen = {}
-        # /proc/net/tcp{,6} as read once the programs were attached, when
-        # open() needed it; run.py seeds its table from the same read
+        self._undecodable = 0
+        self._fmt = records.Formatter()
+        # sock_diag's rows as read once the programs were attached
         self.start_sockets = None
 
     # -- set-up --------------------------------------------------------------
@@ -157,7 +154,12 @@ class BpfBackend:
         flags.append("-DST_TW_HANDLER=0x%xULL" % handler)
         if handler:
             flags += self._btf_flags()
+        flags += self._sock_flags()
         flags += self._raw_tp_flags()
+        if "state" not in self.record_types:
+            flags.append("-DST_NO_STATE")
+        if "closed" not in self.record_types:
+            flags.append("-DST_NO_CLOSED")
         if self.family:
             flags.append("-DST_FILTER_FAMILY=%d" % self.family)
         if self.ports or self.lports or self.rports:
@@ -191,6 +193,25 @@ class BpfBackend:
             "-DST_OFF_TW_SUBSTATE=%d" % offs[("inet_timewait_sock", "tw_substate")][0],
             "-DST_OFF_TIMER_EXPIRES=%d" % offs[("timer_list", "expires")][0],
         ]
+
+    def _sock_flags(self):
+        """The socket cookie (connection ids that join with ss -e) and the
+        socket's error (how a connection ended), at BTF offsets."""
+        from . import btf
+
+        try:
+            offs = btf.member_offsets({"sock_common": ["skc_cookie", "skc_net"],
+                                       "sock": ["sk_err"], "net": ["ns"],
+                                       "ns_common": ["inum"]})
+        except btf.BTFError as e:
+            self.notes.append("own connection ids only, no socket errors: %s" % e)
+            return []
+        # possible_net_t is { struct net *net; }: skc_net's offset is the pointer's
+        return ["-DST_OFF_SKC_COOKIE=%d" % offs[("sock_common", "skc_cookie")][0],
+                "-DST_OFF_SK_ERR=%d" % offs[("sock", "sk_err")][0],
+                "-DST_OFF_SKC_NET=%d" % offs[("sock_common", "skc_net")][0],
+                "-DST_OFF_NET_INUM=%d" % (offs[("net", "ns")][0]
+                                          + offs[("ns_common", "inum")][0])]
 
     def _raw_tp_flags(self):
         """-D settings that switch the program to raw tracepoints (see the
@@ -251,16 +272,18 @@ class BpfBackend:
             self.close()
             raise Unavailable("BPF program failed to load: %s" % _one_line(e))
         self._fill_filters()
-        if self.gated:
-            self._open_gate_for_older_sockets()
+        self._seed_older_sockets()
         if self.use_perfbuf:
             self._pending = []
-            self._bpf["events"].open_perf_buffer(self._on_perf, page_cnt=256,
+            self._bpf[b"events"].open_perf_buffer(self._on_perf, page_cnt=256,
                                                  lost_cb=self._on_perf_lost)
             self._perf_lost = 0
         else:
-            self._rb = _RingReader(self._bpf["events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE)
-        self._counters = self._bpf["counters"]
+            self._rb = _RingReader(self._bpf[b"events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE)
+        self._counters = self._bpf[b"counters"]
+        self._native = self._native_formatter()
+        if self._native is None:
+            self.read_ndjson = None
         return self
 
     def _attach_backup(self):
@@ -279,7 +302,7 @@ class BpfBackend:
 
     def _fill_filters(self):
         if self.ports or self.lports or self.rports:
-            table = self._bpf["port_filter"]
+            table = self._bpf[b"port_filter"]
             bits = {}
             for group, bit in ((self.ports, 1), (self.lports, 2), (self.rports, 4)):
                 for p in group:
@@ -287,39 +310,70 @@ class BpfBackend:
             for p, b in bits.items():
                 table[ctypes.c_int(p)] = ctypes.c_ubyte(b)
         if self.pids:
-            table = self._bpf["pid_filter"]
+            table = self._bpf[b"pid_filter"]
             for pid in self.pids:
                 table[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
 
-    def _open_gate_for_older_sockets(self):
-        """A matching socket already in FIN_WAIT2 or CLOSING when we start
-        can enter TIME_WAIT with no transition of it seen before: the gate
-        then stays open for good (followed[1] = 1).  Checked after the
-        programs and filters are in place, so that a socket that gets there
-        later is followed the usual way.  Sockets of other network
-        namespaces do not show in our /proc and are not covered."""
-        from . import procnet, states
-        from .filters import Filter
+    def _seed_older_sockets(self):
+        """Hand the kernel what sock_diag knows of the sockets that exist
+        now (seeds map, by cookie: the dump gives every socket one), so that
+        a socket older than us keeps its kernel id, owner and age when its
+        next transition or its timewait end comes.  Taken after the programs
+        are attached, so that a socket is either in the dump or seen from
+        its first transition (a socket that moves in between is reported
+        with an own id, as a lower bound).  Only this network namespace's
+        sockets are in the dump.
 
-        closing = {states.NUMBERS[n] for n in ("FIN_WAIT2", "CLOSING")}
+        With filters the timer programs wait for a followed socket (the
+        gate); a matching older socket that is already closing can enter
+        or leave TIME_WAIT with no transition of it seen first, so then the
+        gate stays open for good (followed[1] = 1)."""
+        from . import sockdiag
+
+        now = time.monotonic_ns()
+        try:
+            rows = sockdiag.dump(info=True)
+        except (sockdiag.SockDiagError, OSError) as e:
+            self.notes.append("sockets older than socktrace: no sock_diag dump (%s)" % e)
+            if self.gated:
+                self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
+            return
+        self.start_sockets = rows
         matches = Filter(family=self.family, ports=self.ports, lports=self.lports,
                          rports=self.rports)
-        try:
-            self.start_sockets = procnet.read_tcp()
-        except (OSError, ValueError):
-            older = True            # cannot tell: keep it open
-        else:
-            older = any(s.state in closing and matches(
-                {"family": s.family, "lport": s.lport, "rport": s.rport})
-                for s in self.start_sockets)
-        if older:
-            self._bpf["followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
+        # request sockets (sock_diag shows them as SYN_RECV) become new
+        # full sockets of their own: no seeds
+        rows = [r for r in rows if r.cookie and r.state not in _REQUEST and matches(
+            {"type": "socket", "family": r.family, "lport": r.lport, "rport": r.rport})]
+        owned = _owners_of(rows)
+        listening = {(r.family, r.lport) for r in rows if r.state == states.LISTEN}
+        table = self._bpf[b"seeds"]
+        leaf = table.Leaf
+        closing = False
+        for r in rows:
+            pid, comm = owned.get(r.inode, (0, b""))
+            since, flags = seed_since(r, now)
+            role = ("listener" if r.state == states.LISTEN else
+                    "server" if (r.family, r.lport) in listening else "client")
+            packed = wire.SEED.pack(
+                since, _raw16(r.family, r.laddr), _raw16(r.family, r.raddr), r.lport,
+                r.rport, pid, r.family, _OWNER_PROC if pid else _OWNER_UNKNOWN,
+                _ROLES[role], flags, r.state, b"", comm[:wire.COMM_LEN])
+            try:
+                table[ctypes.c_uint64(r.cookie)] = leaf.from_buffer_copy(packed)
+            except Exception:        # bcc: the map is full
+                self.notes.append("seeds map full: some sockets older than socktrace "
+                                  "get own ids")
+                break
+            closing = closing or r.state in _CLOSING
+        if self.gated and closing:
+            self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
 
     # -- reading -------------------------------------------------------------
 
     def read_span(self):
-        """What arrived since the last call, as bytes: one st_event every
-        STRIDE bytes, after an 8-byte header (the ring buffer's layout)."""
+        """What arrived since the last call, as bytes in the ring buffer's
+        layout: each record after its 8-byte header, 8-aligned."""
         if self._rb is not None:
             return self._rb.read()
         self._bpf.perf_buffer_poll(timeout=0)
@@ -327,11 +381,35 @@ class BpfBackend:
         return b"".join(out)
 
     def read(self):
-        """Raw records (tuples in wire.FIELDS order) that arrived since last call."""
-        return list(_BODY.iter_unpack(self.read_span()))
+        """The records that arrived since the last call, as output dicts
+        (tracer/spec.py); what could not be decoded is counted for lost()."""
+        recs, bad = records.decode(self._fmt, self.read_span())
+        self._undecodable += bad
+        return recs
+
+    def _native_formatter(self):
+        """The C formatter (tracer/_fmt.c), configured with this backend's
+        tables, or None when it was not built (or SOCKTRACE_PURE_PYTHON=1,
+        to compare): then run.py formats in Python, with the same output."""
+        if os.environ.get("SOCKTRACE_PURE_PYTHON"):
+            return None
+        try:
+            from . import _fmt
+        except ImportError:
+            return None
+        _fmt.configure(*records.native_config(self._fmt))
+        return _fmt.format
+
+    def read_ndjson(self):
+        """What read() returns, already as NDJSON bytes: (bytes, records)."""
+        data, bad = self._native(self.read_span())
+        self._undecodable += bad
+        return data, data.count(b"\n")
 
     def _on_perf(self, cpu, data, size):
-        self._pending.append(_PERF_HDR + ctypes.string_at(data, _REC) + _PERF_PAD)
+        # laid out as the ring buffer's records, so that one decoder serves
+        body = ctypes.string_at(data, size)
+        self._pending.append(_HDR.pack(size, 0) + body + bytes(-size % 8))
 
     def _on_perf_lost(self, count):
         self._perf_lost += count
@@ -367,20 +445,24 @@ class BpfBackend:
         the two further apart than the reads (tens of microseconds).
         The backup's own skips are not losses: it is skipped only while it
         runs itself, and then the main program is free."""
-        out = {"missed": 0, "timer_missed": 0}
+        out = {"missed": 0, "timer_missed": 0, "reset_missed": 0}
         for fn in self._bpf.funcs.values():
             name = fn.name if isinstance(fn.name, bytes) else fn.name.encode()
             if name == _BACKUP:
                 continue
-            out["timer_missed" if b"timer" in name else "missed"] += _prog_misses(fn.fd)
+            what = ("timer_missed" if b"timer" in name else
+                    "reset_missed" if b"reset" in name else "missed")
+            out[what] = out.get(what, 0) + _prog_misses(fn.fd)
         return out
 
     def lost(self):
         """{counter name: increase since the last call} for the loss
-        counters (all but derived_sent) with non-zero increases."""
+        counters with non-zero increases, and records user space could not
+        decode (``undecodable``)."""
         now = self.counters()
+        now["undecodable"] = self._undecodable
         new = {}
-        for name in wire.LOSS_COUNTERS:
+        for name in wire.LOSS_COUNTERS + ("undecodable",):
             d = now[name] - self._counters_seen.get(name, 0)
             if d > 0:
                 new[name] = d
@@ -390,6 +472,191 @@ class BpfBackend:
     def derived(self):
         """How many derived records (ST_F_DERIVED) the kernel has submitted."""
         return self.counters()["derived_sent"]
+
+    # -- what the kernel knows now ----------------------------------------------
+
+    def stats(self):
+        """The kernel's tallies for the exit report: {"transitions":
+        {(old, new): n}, "durations": {state: hist counts}, "self": n}."""
+        ns = wire.NR_STATES
+        trans = {}
+        table = self._bpf[b"transitions"]
+        for idx in range(ns * ns):
+            n = sum(table[ctypes.c_int(idx)])
+            if n:
+                trans[(states.NAMES[idx // ns], states.NAMES[idx % ns])] = n
+        durations = {}
+        table = self._bpf[b"hist"]
+        for old in sorted({states.NUMBERS[o] for o, _ in trans}):
+            counts = [sum(table[ctypes.c_int(old * hist.BUCKETS + b)])
+                      for b in range(hist.USED)] + [0] * (hist.BUCKETS - hist.USED)
+            if any(counts):
+                durations[states.NAMES[old]] = counts
+        return {"transitions": trans, "durations": durations,
+                "self": self.counters()["self"]}
+
+    def stories(self):
+        """What the kernel holds now: [(story, "socks" | "tws", map key)]
+        and the seeds not yet taken, {cookie: seed}."""
+        out = []
+        for name in ("socks", "tws"):
+            for k, v in _items(self._bpf[name.encode()]):
+                out.append((v, name, k))
+        seeds = dict(_items(self._bpf[b"seeds"]))
+        return out, seeds
+
+    def _tuple(self, v):
+        fam = v.family
+        return (fam, self._fmt.addr(fam, bytes(v.saddr)), v.sport,
+                self._fmt.addr(fam, bytes(v.daddr)), v.dport)
+
+    def _dump(self):
+        from . import sockdiag
+
+        try:
+            return sockdiag.dump(info=True), sockdiag.own_netns_inode()
+        except (sockdiag.SockDiagError, OSError) as e:
+            raise Failure("cannot list sockets (sock_diag): %s" % e)
+
+    def sockets(self):
+        """Every socket of this network namespace now (sock_diag), with the
+        story the kernel holds for it: its id, owner and ages.  A socket we
+        hold no story of (older than us, and sock_diag's dump at start did
+        not see it) gets its cookie as id, its owner from /proc, and no age."""
+        rows, _ = self._dump()
+        now = time.monotonic_ns()
+        found, seeds = self.stories()
+        by_tuple = {self._tuple(v): v for v, _, _ in found}
+        ts = self._fmt.ts(now)
+        out = []
+        unknown = [r for r in rows if (r.family, r.laddr, r.lport, r.raddr, r.rport)
+                   not in by_tuple and r.cookie not in seeds]
+        owned = _owners_of(unknown)
+        listening = {(r.family, r.lport) for r in rows if r.state == states.LISTEN}
+        for r in rows:
+            v = by_tuple.get((r.family, r.laddr, r.lport, r.raddr, r.rport))
+            if v is None:
+                v = seeds.get(r.cookie)
+                conn = r.cookie
+                if v is not None:
+                    start = since = v.since_ns
+                    flags = v.flags
+            else:
+                conn, start, since, flags = v.conn, v.start_ns, v.ts, v.flags
+                if v.state != r.state:
+                    since = None     # moved since the map was read
+            if v is None:
+                pid, comm = owned.get(r.inode, (0, b""))
+                owner_from = "proc" if pid else "unknown"
+                role = ("listener" if r.state == states.LISTEN else
+                        "server" if (r.family, r.lport) in listening else "client")
+                in_state = age = None
+                lower, estimate = True, False
+            else:
+                pid, comm = v.pid, bytes(v.comm)
+                owner_from = wire.OWNER_FROM[v.owner_from]
+                role = records._ROLE[v.role]
+                in_state = now - since if since is not None else None
+                age = now - start
+                lower = bool(flags & _F_LOWER)
+                estimate = bool(flags & _F_ESTIMATE) and getattr(v, "cur_lower", 1) == 1
+            out.append({
+                "type": "socket", "ts": ts, "conn": "%x" % conn, "family": r.family,
+                "laddr": r.laddr, "lport": r.lport, "raddr": r.raddr, "rport": r.rport,
+                "state": states.NAMES[r.state], "in_state_ns": in_state, "age_ns": age,
+                "lower_bound": lower, "estimate": estimate,
+                "pid": pid or None, "comm": self._fmt.comm(comm) if pid else None,
+                "owner_from": owner_from, "role": role,
+                "source": "bpf", "approx": False,
+            })
+        return out
+
+    def reconcile(self):
+        """Stories the kernel still holds for sockets that are gone: the
+        socket ended without an event we saw (a program run the kernel
+        skipped, counted as lost; a socket older than us that left no
+        trace).  A story of this namespace whose socket is missing from
+        two dumps in a row is ended with a closed record (end "unknown")
+        and removed: two, because a dump and a read of the maps are not
+        one atomic view, and a socket that just closed has its own end."""
+        rows, netns = self._dump()
+        present = {(r.family, r.laddr, r.lport, r.raddr, r.rport) for r in rows}
+        cookies = {r.cookie for r in rows}
+        found, seeds = self.stories()
+        now = time.monotonic_ns()
+        missing = set()
+        for v, where, key in found:
+            if v.netns == netns and self._tuple(v) not in present:
+                missing.add((where, key))
+        for cookie in seeds:
+            if cookie not in cookies:
+                missing.add(("seeds", cookie))
+        gone, self._suspects = missing & self._suspects, missing - self._suspects
+        out = []
+        stories = {(where, key): v for v, where, key in found}
+        for where, key in sorted(gone):
+            table = self._bpf[where.encode()]
+            v = stories.get((where, key)) or seeds.get(key)
+            try:
+                del table[table.Key(key)]
+            except KeyError:
+                continue             # it ended meanwhile, with its own record
+            if v is not None and records._ROLE.get(getattr(v, "role", 0)) != "listener":
+                out.append(self._vanished(v, where, key, now))
+        return out
+
+    def _vanished(self, v, where, key, now):
+        """A closed record for a story whose end the kernel never showed us."""
+        seed = where == "seeds"
+        start = v.since_ns if seed else v.start_ns
+        since = v.since_ns if seed else v.ts
+        spent = [0] * wire.NR_STATES if seed else list(v.spent)
+        spent[v.state] += now - since
+        path = ([] if seed else list(v.path)[:v.path_len]) + [v.state]
+        fam = v.family
+        pid = v.pid
+        return {
+            "type": "closed", "ts": self._fmt.ts(now), "conn": "%x" % (key if seed else v.conn),
+            "family": fam, "laddr": self._fmt.addr(fam, bytes(v.saddr)), "lport": v.sport,
+            "raddr": self._fmt.addr(fam, bytes(v.daddr)), "rport": v.dport,
+            "pid": pid or None, "comm": self._fmt.comm(bytes(v.comm)) if pid else None,
+            "owner_from": wire.OWNER_FROM[v.owner_from], "role": records._ROLE[v.role],
+            "start_ts": self._fmt.ts(start), "lifetime_ns": max(0, now - start),
+            "states": {name: spent[states.NUMBERS[name]] for name in spec.TIMED_STATES},
+            "path": [states.NAMES[s] for s in path] + ["CLOSE"],
+            "closed_first": records.closed_first([states.NAMES[s] for s in path]),
+            "end": "unknown", "error": None, "reason": None,
+            "lower_bound": bool(v.flags & _F_LOWER) or seed,
+            "source": "bpf", "approx": False,
+        }
+
+    def report(self):
+        """The exit report's figures, from the kernel's own tallies."""
+        st = self.stats()
+        durations = {}
+        for name, counts in st["durations"].items():
+            d = {"count": hist.count(counts)}
+            d.update(hist.percentiles(counts))
+            top = max(b for b, n in enumerate(counts) if n)
+            d["max_ns"] = hist.value(top)
+            durations[name] = d
+        try:
+            rows, _ = self._dump()
+        except Failure:
+            rows = []
+        current = {}
+        for r in rows:
+            name = states.NAMES[r.state]
+            current[name] = current.get(name, 0) + 1
+        c = self.counters()
+        return {
+            "transitions": {"%s->%s" % k: n for k, n in sorted(st["transitions"].items())},
+            "durations": durations,
+            "current": current,
+            "records": {"state": c["state_sent"], "closed": c["closed_sent"],
+                        "derived": c["derived_sent"], "handoffs": c["handoff"],
+                        "self_transitions": c["self"]},
+        }
 
     def close(self):
         """Detach every program and free the maps (idempotent)."""
@@ -426,46 +693,30 @@ class _RingReader:
         self._prod_pos = memoryview(self.prod)[:8].cast("Q")
 
     def read(self):
-        """The committed records since the last read, as bytes: one record
-        every _STRIDE bytes, its 8-byte ring-buffer header first."""
+        """The committed records since the last read, as bytes in the ring
+        buffer's layout (each after its 8-byte header, 8-aligned), at most
+        MAX_READ_BYTES.  Lengths are followed record by record, to stop at
+        the first one a producer has reserved but not yet committed (BUSY);
+        the data pages are mapped twice, so the span is one copy even where
+        it wraps."""
         cons_pos = self._cons_pos[0]
         prod_pos = self._prod_pos[0]
         if prod_pos <= cons_pos:
             return b""
-        # Every record is one st_event, so records sit at a fixed stride and
-        # the data pages are mapped twice (no wrap-around): the span is one
-        # copy.  The headers are read in bulk first, to stop at the first
-        # record a producer has reserved but not yet committed (BUSY).
-        n = min((prod_pos - cons_pos) // _STRIDE, MAX_READ)
-        start = self.data_off + (cons_pos & self.mask)
-        with memoryview(self.prod) as view, view[start:start + n * _STRIDE] as span:
-            with span.cast("I") as words:
-                lens = words[::_STRIDE // 4].tolist()
-            ok = n if lens.count(_REC) == n else lens.index(next(x for x in lens if x != _REC))
-            out = span[:ok * _STRIDE].tobytes()
-        cons_pos += ok * _STRIDE
-        if ok < n and not lens[ok] & _BUSY:
-            more, cons_pos = self._read_slow(cons_pos, prod_pos)
-            out += more
+        limit = min(prod_pos, cons_pos + MAX_READ_BYTES)
+        base = self.data_off + (cons_pos & self.mask)
+        with memoryview(self.prod) as view:
+            off, end = 0, limit - cons_pos
+            unpack = _HDR.unpack_from
+            while off < end:
+                length = unpack(view, base + off)[0]
+                if length & _BUSY:
+                    break
+                off = (off + 8 + (length & _LEN_MASK) + 7) & ~7
+            out = view[base:base + off].tobytes()
         # release the space to the producers
-        self._cons_pos[0] = cons_pos
+        self._cons_pos[0] = cons_pos + off
         return out
-
-    def _read_slow(self, cons_pos, prod_pos):
-        """Record by record, for anything that is not one committed
-        st_event (a discarded record); not expected from our program.
-        Returns (records in read()'s layout, new consumer position)."""
-        out = bytearray()
-        buf, mask, base = self.prod, self.mask, self.data_off
-        while cons_pos < prod_pos:
-            off = base + (cons_pos & mask)
-            length, _ = _HDR.unpack_from(buf, off)
-            if length & _BUSY:
-                break            # a producer is still writing it
-            if not length & _DISCARD and (length & 0x3FFFFFFF) == _REC:
-                out += buf[off:off + _STRIDE]
-            cons_pos += ((length & 0x3FFFFFFF) + 8 + 7) & ~7
-        return bytes(out), cons_pos
 
     def close(self):
         self._cons_pos.release()
@@ -504,6 +755,58 @@ def _prog_misses(fd):
     if size.value < _OFF_RECURSION_MISSES + 8:
         return 0                       # kernel older than 5.12: not counted
     return _U64.unpack_from(info.raw, _OFF_RECURSION_MISSES)[0]
+
+
+_OWNER_PROC = {v: k for k, v in wire.OWNER_FROM.items()}["proc"]
+_OWNER_UNKNOWN = {v: k for k, v in wire.OWNER_FROM.items()}["unknown"]
+_ROLES = {v: k for k, v in wire.ROLE.items()}
+_F_LOWER = wire.FLAGS["lower"]
+_F_ESTIMATE = wire.FLAGS["estimate"]
+# states from which an older socket can enter or leave TIME_WAIT unseen
+_REQUEST = {states.SYN_RECV, states.NEW_SYN_RECV}
+_CLOSING = {states.NUMBERS[n] for n in ("FIN_WAIT1", "FIN_WAIT2", "CLOSING", "TIME_WAIT")}
+TIME_WAIT_LEN_NS = 60 * 1_000_000_000      # TCP_TIMEWAIT_LEN, fixed in the kernel
+
+
+def seed_since(row, now_ns):
+    """(since when, flags) for a socket older than us, from a sock_diag row:
+    TIME_WAIT from its timer (60 s minus what is left), CLOSE_WAIT from when
+    data last came in (the peer's FIN), both estimates; otherwise we only
+    know it was there at *now_ns*."""
+    if row.state == states.TIME_WAIT and row.expires_ms:
+        left = min(row.expires_ms * 1_000_000, TIME_WAIT_LEN_NS)
+        return now_ns - (TIME_WAIT_LEN_NS - left), _F_LOWER | _F_ESTIMATE
+    if row.state == states.CLOSE_WAIT and row.last_data_recv_ms is not None:
+        return now_ns - row.last_data_recv_ms * 1_000_000, _F_LOWER | _F_ESTIMATE
+    return now_ns, _F_LOWER
+
+
+def _raw16(family, text):
+    """Address text -> the 16 bytes the kernel records carry (IPv4 mapped)."""
+    if family == 4:
+        return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+def _owners_of(rows):
+    """inode -> (pid, comm bytes) for the rows' sockets, from /proc."""
+    try:
+        from . import owners
+        found = owners.OwnerCache().resolve({r.inode for r in rows if r.inode})
+    except (ImportError, OSError):
+        return {}
+    return {ino: (pid, (comm or "").encode("utf-8", "replace"))
+            for ino, (pid, comm) in found.items()}
+
+
+def _items(table):
+    """(int key, value) pairs of a map with u64 keys, in batches where bcc
+    can (one system call per few thousand entries instead of two each)."""
+    try:
+        pairs = list(table.items_lookup_batch())
+    except Exception:
+        pairs = list(table.items())
+    return [(getattr(k, "value", k), v) for k, v in pairs]
 
 
 def _pow2_pages(mb):

@@ -20,6 +20,7 @@ examples:
   socktrace -6 --addr 2001:db8::/32    IPv6 peers in a network
   socktrace --dump-every 10         also the whole socket table every 10 s
   kill -USR1 $(pidof -x socktrace)  dump the socket table now
+  socktrace --records closed        one record per connection, as tcplife
   socktrace | jq -c 'select(.new=="TIME_WAIT")'
 
 Family, port and pid filters run in the kernel: what they reject costs
@@ -60,6 +61,21 @@ def _positive(kind):
             raise argparse.ArgumentTypeError("must be > 0: %r" % text)
         return v
     return conv
+
+
+RECORD_TYPES = ("state", "closed", "socket", "lost", "summary")
+DEFAULT_RECORDS = ("state", "closed", "socket", "lost")
+
+
+def _records(text):
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part not in RECORD_TYPES:
+            raise argparse.ArgumentTypeError("unknown record type %r (one of: %s)"
+                                             % (part, ", ".join(RECORD_TYPES)))
+        out.append(part)
+    return out
 
 
 def _state(text):
@@ -108,13 +124,16 @@ def build_parser():
                    help="proc backend poll interval (default 1)")
     p.add_argument("--dump-every", type=_positive(float), metavar="SECONDS",
                    help="write the socket table every N seconds (also on SIGUSR1)")
+    p.add_argument("--records", type=_records, metavar="TYPE[,TYPE]",
+                   default=list(DEFAULT_RECORDS),
+                   help="record types to write: state, closed, socket, lost, summary "
+                        "(default: all but summary); without state the kernel sends "
+                        "one record per connection")
     p.add_argument("--summary", action="store_true",
                    help="also emit the exit report as a {\"type\":\"summary\"} record")
     p.add_argument("--no-report", action="store_true", help="no exit report on stderr")
     p.add_argument("--max-sockets", type=_positive(int), default=262144, metavar="N",
                    help="kernel map size for tracked sockets (default 262144)")
-    p.add_argument("--table-cap", type=_positive(int), default=2_000_000, metavar="N",
-                   help="connection table cap; evictions are counted (default 2000000)")
     p.add_argument("--ringbuf-mb", type=_positive(float), default=16, metavar="MB",
                    help="kernel ring buffer size (default 16)")
     p.add_argument("--version", action="version", version="socktrace " + __version__)

@@ -28,18 +28,26 @@ def parse_cidr(text):
 
 class Filter:
     def __init__(self, family=None, ports=(), lports=(), rports=(), pids=(),
-                 comms=(), states=(), nets=()):
+                 comms=(), states=(), nets=(), types=None):
         self.family = family
         self.ports, self.lports, self.rports = set(ports), set(lports), set(rports)
         self.pids = set(pids)
         self.comms = set(comms)
         self.states = set(states)
         self.nets = list(nets)
+        self.types = set(types) if types is not None else None
         self._addr_cache = {}
         self.active = bool(family or ports or lports or rports or pids or comms
-                           or states or nets)
+                           or states or nets or types is not None)
+        # what the kernel cannot decide for the eBPF backend's records: a
+        # pid filter passes sockets whose owner the kernel does not know
+        self.narrows_records = bool(pids or comms or states or nets)
 
     def __call__(self, rec):
+        if self.types is not None and rec["type"] not in self.types:
+            return False
+        if rec["type"] in ("lost", "summary"):
+            return True
         if self.family and rec["family"] != self.family:
             return False
         if self.ports or self.lports or self.rports:

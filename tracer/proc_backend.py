@@ -1,43 +1,76 @@
-"""The /proc backend: the same stream of state records, from snapshots.
+"""The /proc backend: state, closed and socket records, from snapshots.
 
 When eBPF is not available (not root, no bcc, no kernel headers), socktrace
 polls /proc/net/tcp and tcp6 every ``--interval`` seconds and reports what
-changed between two snapshots.  Its records have the same fields as the eBPF
-backend's, plus ``"approx": true``, because what it reports is limited by
-what two snapshots can show:
+changed between two snapshots.  Like the eBPF backend it hands on finished
+records (tracer/backend.py): dicts with exactly the fields tracer/spec.py
+declares for their type, in its order, ``"source": "proc"`` and
+``"approx": true``, because what it reports is limited by what two snapshots
+can show:
 
 * **Transitions between polls are not invented.**  A socket that appears
   already ESTABLISHED is reported as ``CLOSE -> ESTABLISHED`` with
   ``in_old_ns`` null: it was never seen in SYN_SENT, so no SYN_SENT is made
   up.  Likewise a socket that goes ESTABLISHED -> FIN_WAIT1 -> FIN_WAIT2
-  between two polls is one ``ESTABLISHED -> FIN_WAIT2`` record, and a
-  socket that lives and dies between two polls is not seen at all.
+  between two polls is one ``ESTABLISHED -> FIN_WAIT2`` record (and its
+  closed record's path has no FIN_WAIT1), and a socket that lives and dies
+  between two polls is not seen at all.
 * **Durations are approximate.**  ``in_old_ns`` of ``X -> Y`` is the time from
   the poll that first saw the socket in X to the poll that saw it in Y, so
-  it is off by up to one interval either way.  For a socket that was already
-  there when tracing began it is a lower bound, and the record says
-  ``"lower_bound": true``.  A TIME_WAIT socket carries its own clock: the
-  kernel prints the time left of its fixed 60 s, so the time it entered
-  TIME_WAIT is estimated as ``now - (60 s - time left)``, both for TIME_WAIT
-  sockets seen for the first time and for sockets seen moving into it.
-* A socket that disappears is reported ``X -> CLOSE`` (a TIME_WAIT socket
-  that ends: ``TIME_WAIT -> CLOSE``).  A 4-tuple that reappears in a state
-  the old socket could not have reached (TIME_WAIT -> SYN_SENT: the port was
-  reused), or with a different inode, is a new socket: ``X -> CLOSE`` for the
-  old one, then ``CLOSE -> Y`` for the new one.  (Two lines with the same
-  4-tuple in one snapshot -- a TIME_WAIT socket and the new connection
-  taking it over, for the microseconds before the kernel kills the former
-  -- count as one socket, the later line.)
+  it is off by up to one interval either way.  A TIME_WAIT socket carries
+  its own clock: the kernel prints the time left of its fixed 60 s, so the
+  time it entered TIME_WAIT is estimated as ``now - (60 s - time left)``
+  (never before the poll that saw it in its previous state), both for
+  TIME_WAIT sockets seen for the first time and for sockets seen moving
+  into it.
+* A socket that disappears is reported ``X -> CLOSE``, followed by its
+  ``closed`` record.  A 4-tuple that reappears in a state the old socket
+  could not have reached (TIME_WAIT -> SYN_SENT: the port was reused), or
+  with a different inode, is a new socket: ``X -> CLOSE`` and ``closed`` for
+  the old one, then ``CLOSE -> Y`` for the new one, with a new ``conn``.
+  (Two lines with the same 4-tuple in one snapshot -- a TIME_WAIT socket and
+  the new connection taking it over, for the microseconds before the kernel
+  kills the former -- count as one socket, the later line.)
+* ``reason`` (state and closed records) is only set when a TIME_WAIT socket
+  ends: ``"expired"`` when it disappeared, or when another socket took its
+  4-tuple after its timer had run out; ``"reused"`` when another socket took
+  its 4-tuple while the timer it showed still had time left.  ``via`` is
+  always null.
+* **Closed records.**  ``path`` is the states the socket was seen in, then
+  CLOSE; ``states`` the time spent in each (TIMED_STATES, 0 for states it
+  was never seen in); ``lifetime_ns`` from the poll that first saw it (for
+  a socket first seen in TIME_WAIT: its estimated entry) to the poll that
+  saw it gone.  /proc shows neither resets nor socket errors, so ``end`` is
+  ``"normal"`` when the path shows both FINs (it ends in TIME_WAIT or
+  LAST_ACK) and otherwise ``"unknown"``; ``error`` is always null.
+  Listeners get no closed record, as with the eBPF backend.
 
-Identity (``sk``).  /proc hides the kernel socket address (the pointer column
-is hashed or zeroed by %pK, and procnet does not return it), and the inode is
-not stable over a socket's life: it is 0 before accept(), becomes 0 again
-when the owner closes the file descriptor (an orphan finishing its close) and
-is 0 for TIME_WAIT.  So a socket is identified by its 4-tuple, which is
-unique among connected sockets: ``sk`` is a 64-bit BLAKE2b hash of family and
-4-tuple (plus the inode for listeners, which SO_REUSEPORT lets share one
-address), the same on every run.  It is also the ``twaddr`` key of TIME_WAIT
-entries, so the connection table files them like the eBPF backend's.
+Baseline.  :meth:`ProcBackend.open` takes the first snapshot.  It produces
+no records: those sockets are only remembered (with their owners), so that
+their later transitions, their closed records and :meth:`sockets` know
+them.  Their times are lower bounds -- they were there when socktrace
+started, maybe long before -- so ``lower_bound`` is true on their closed
+and socket records, and on their state records until their first
+transition (after it, ``in_old_ns`` is a full, if approximate, time in one
+state).  A baseline TIME_WAIT socket is dated by its timer instead: its
+socket record says ``"estimate": true``, and its ``TIME_WAIT -> CLOSE``
+keeps ``lower_bound`` true, as the eBPF backend's seeded sockets do.
+
+Identity (``conn``).  /proc hides the kernel socket address (the pointer
+column is hashed or zeroed by %pK) and the inode is not stable over a
+socket's life: it is 0 before accept(), becomes 0 again when the owner
+closes the file descriptor (an orphan finishing its close) and is 0 for
+TIME_WAIT.  So the backend follows a socket by its 4-tuple, which is unique
+among connected sockets (plus the inode for listeners, which SO_REUSEPORT
+lets share one address), and gives each socket it sees a ``conn`` of its
+own: 16 hex digits starting with 4, ``"%016x" % (1 << 62 | n)`` for the
+n-th socket of the run.  It is never reused within a run, not even when a
+4-tuple comes back, and cannot collide with the eBPF backend's assigned ids
+(16 digits starting with 8) nor, in practice, with a socket cookie.
+
+Role.  ``"listener"`` for a LISTEN socket; ``"server"`` for a socket whose
+local port is one that a LISTEN socket of the same family (the same file)
+listens on, as of the poll that first saw it; ``"client"`` otherwise.
 
 Owners.  pid and comm come from :class:`tracer.owners.OwnerCache`, asked only
 about inodes that were not there at the previous poll (a new socket, or an
@@ -45,7 +78,7 @@ accept() giving an existing one its inode): a poll in which nothing changed
 never walks /proc/*/fd.  Once known, an owner stays with the socket through
 FIN_WAIT2 and TIME_WAIT, where the kernel no longer shows an inode.  As an
 ordinary user, sockets of other users' processes keep pid null,
-``owner_from`` "unknown".
+``owner_from`` "unknown"; a known owner is ``owner_from`` "proc".
 
 Speed.  A poll reads both files and keys each line by its raw address tokens
 -> (state, inode) tokens, without decoding anything; a poll that finds the
@@ -53,28 +86,31 @@ same dict as the previous one is done.  Only lines that are new or changed go
 through :func:`tracer.procnet.parse_tcp` (the strict parser).  On a
 synthetic 100,000-socket /proc this steady-state poll takes ~0.1 s (see
 tests/test_proc_backend.py::test_steady_state_poll_100k).
-
-Baseline.  :meth:`ProcBackend.open` takes the first snapshot.  Those sockets
-are not transitions; the first :meth:`read` hands them to the connection
-table as internal ``handoff`` records (the table files them, nothing prints
-them), so that table dumps and the summary know them, with their owners.
 """
 
 import gc
-import hashlib
 import os
 import time
 
-from . import procnet, records, states
+from . import hist, procnet, records, spec, states
+from .backend import Backend, Failure
 
 SOURCE = "proc"
 TIME_WAIT_LEN_NS = 60 * 1_000_000_000      # TCP_TIMEWAIT_LEN, fixed in the kernel
+CONN_PROC = 1 << 62                        # bit 62: an id the proc backend assigned
 _TIMER_TIME_WAIT = procnet.TIMER_TIME_WAIT
 
 _S = states.NUMBERS
 _TW = _S["TIME_WAIT"]
-_LISTEN_TOK = b"%02X" % _S["LISTEN"]
+_LISTEN = _S["LISTEN"]
+_CLOSE = _S["CLOSE"]
+_LISTEN_TOK = b"%02X" % _LISTEN
 _NAMES = states.NAMES
+_TIMED = tuple((name, _S[name]) for name in spec.TIMED_STATES)
+# a path whose last state before CLOSE is one of these saw both FINs
+_BOTH_FINS = {_TW, _S["LAST_ACK"]}
+# states whose time is not a duration worth a histogram
+_UNTIMED = {_LISTEN, _CLOSE}
 
 # Where each state can go next, in one or more steps: a 4-tuple seen in X and
 # then in Y not reachable from X is a different socket.
@@ -94,19 +130,6 @@ REACHABLE = {
     _S["LISTEN"]: set(),
     _S["CLOSE"]: set(),
 }
-
-
-def _failure(msg):
-    from .run import Failure   # lazy: run imports this module lazily too
-
-    return Failure(msg)
-
-
-def sk_of(family, key):
-    """The stable identity of a socket: 64 bits of BLAKE2b of family and the
-    raw /proc tokens of its 4-tuple (never 0)."""
-    digest = hashlib.blake2b(b"%d " % family + key, digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
 
 
 def scan(data):
@@ -149,19 +172,35 @@ def scan(data):
 
 
 class _Sock:
-    """What the backend remembers of one socket between polls."""
+    """What the backend remembers of one socket between polls.
 
-    __slots__ = ("sk", "family", "laddr", "lport", "raddr", "rport", "state", "since",
-                 "inode", "pid", "comm", "owner_from", "lower_bound")
+    ``start``: the poll that first saw it (a socket first seen in TIME_WAIT:
+    its estimated entry); ``since``: when it entered ``state`` (the poll
+    that first saw it there, or the TIME_WAIT estimate); ``path``: the
+    states it has left, in order; ``spent``: {state: ns} for those;
+    ``lower_bound``: it was in the baseline; ``cur_lower``: ``since`` is
+    only a lower bound (a baseline socket before its first transition);
+    ``estimate``: ``since`` is a baseline TIME_WAIT's timer estimate;
+    ``deadline``: when a TIME_WAIT socket's timer runs out (0: unknown).
+    """
 
-    def __init__(self, family, key, ps, now, owner, baseline):
-        self.sk = sk_of(family, key)
-        self.family = family
+    __slots__ = ("conn", "family", "laddr", "lport", "raddr", "rport", "state", "since",
+                 "start", "inode", "pid", "comm", "owner_from", "role", "lower_bound",
+                 "cur_lower", "estimate", "path", "spent", "deadline")
+
+    def __init__(self, conn, ps, now, t_read, owner, role, baseline):
+        self.conn = conn
+        self.family = ps.family
         self.laddr, self.lport, self.raddr, self.rport = ps.laddr, ps.lport, ps.raddr, ps.rport
         self.state = ps.state
         self.inode = ps.inode
-        self.since = now
-        self.lower_bound = baseline
+        self.since = self.start = now
+        self.role = role
+        self.lower_bound = self.cur_lower = baseline
+        self.estimate = False
+        self.path = None              # made on the first transition
+        self.spent = None
+        self.deadline = 0
         if owner is None:
             self.pid = self.comm = None
             self.owner_from = "unknown"
@@ -169,8 +208,19 @@ class _Sock:
             self.pid, self.comm = owner
             self.owner_from = "proc"
         if ps.state == _TW and ps.timer == _TIMER_TIME_WAIT:
-            self.since = _tw_entry(ps, now, 0)
-            self.lower_bound = False
+            self.since = self.start = _tw_entry(ps, now, 0)
+            self.deadline = t_read + ps.time_left_ns
+            self.estimate = baseline
+
+    def leave(self, until):
+        """Account the time in the current state up to *until*; returns it."""
+        spent = until - self.since
+        if self.path is None:
+            self.path = []
+            self.spent = {}
+        self.path.append(self.state)
+        self.spent[self.state] = self.spent.get(self.state, 0) + spent
+        return spent
 
 
 def _tw_entry(ps, now, floor):
@@ -179,37 +229,40 @@ def _tw_entry(ps, now, floor):
     return min(now, max(floor, now - max(0, TIME_WAIT_LEN_NS - ps.time_left_ns)))
 
 
-class ProcBackend:
-    """Decoded state records from /proc snapshots.  ``open()`` takes the
-    baseline snapshot, ``read()`` polls once ``interval`` has passed since
-    the last poll and returns ``(rec, ts_ns, sk, twaddr)`` items, as
-    ``records.decode`` makes them for the eBPF backend; ``lost()`` is always
-    empty (a poll loses nothing it could have seen), ``close()`` forgets."""
+class ProcBackend(Backend):
+    """Finished records from /proc snapshots (see the module docstring and
+    tracer/backend.py).  ``open()`` takes the baseline snapshot, ``read()``
+    polls once ``interval`` has passed since the last poll.  *clock* (the
+    monotonic clock, in ns) is for tests."""
 
     source = SOURCE
 
-    def __init__(self, interval=1.0, proc_root="/proc"):
+    def __init__(self, interval=1.0, proc_root="/proc", clock=time.monotonic_ns):
+        super().__init__()
         self.interval = interval
         self.interval_ns = int(interval * 1_000_000_000)
         self.proc_root = proc_root
-        self.notes = []
         self.polls = 0
         self.last_poll_s = 0.0    # wall time of the last poll (for benchmarks)
+        self._clock = clock
         self._fmt = records.Formatter()
         self._owners = None
         self._snap = {4: {}, 6: {}}
         self._socks = {4: {}, 6: {}}     # raw key -> _Sock
+        self._listening = {}             # (family, port) -> LISTEN sockets on it
         self._paths = {fam: os.path.join(proc_root, "net", "tcp" if fam == 4 else "tcp6")
                        for fam in (4, 6)}
         self._last = None
-        self._pending = []
+        self._conns = 0
+        self._transitions = {}           # "OLD->NEW" -> n
+        self._hist = {}                  # state -> [{bucket: n}, max, count]
 
     # -- set-up --------------------------------------------------------------
 
     def open(self):
         if not any(os.path.exists(p) for p in self._paths.values()):
-            raise _failure("proc backend: neither %s nor %s exists"
-                           % (self._paths[4], self._paths[6]))
+            raise Failure("proc backend: neither %s nor %s exists"
+                          % (self._paths[4], self._paths[6]))
         try:
             from . import owners
         except ImportError as e:
@@ -220,29 +273,100 @@ class ProcBackend:
             self.notes.append("not root: owners of other users' sockets are unknown")
         self.notes.append("polling %s/net/tcp{,6} every %gs: states held for less are "
                           "not seen, durations are approximate" % (self.proc_root, self.interval))
-        self._pending = self._poll(baseline=True)
+        self._poll(baseline=True)
         return self
 
     def close(self):
+        """Forget every socket (idempotent); read() then returns nothing."""
         self._snap = {4: {}, 6: {}}
         self._socks = {4: {}, 6: {}}
-        self._pending = []
+        self._listening = {}
         self._owners = None
+        self._last = None
 
     # -- reading -------------------------------------------------------------
 
     def read(self):
-        """The baseline's hand-offs on the first call; afterwards the
-        transitions of one poll when ``interval`` has passed, else []."""
-        if self._pending:
-            out, self._pending = self._pending, []
-            return out
-        if self._last is not None and time.monotonic_ns() - self._last < self.interval_ns:
+        """The state and closed records of one poll when ``interval`` has
+        passed since the last one (and open() was called), else []."""
+        if self._last is None or self._clock() - self._last < self.interval_ns:
             return []
         return self._poll()
 
     def lost(self):
+        """Always {}: a poll loses nothing it could have seen.  What it cannot
+        see (states held for less than an interval) is not a loss that
+        could be counted; the records say so with ``approx``."""
         return {}
+
+    def reconcile(self):
+        """Always []: there is nothing to reconcile.  Each poll reads the
+        whole of /proc/net/tcp{,6}, and a socket missing from it is ended
+        (``X -> CLOSE`` and its closed record) by that very poll, so the
+        backend never holds a socket the kernel no longer has for longer
+        than one interval."""
+        return []
+
+    def sockets(self):
+        """A ``socket`` record for every socket in the backend's memory: the
+        kernel's sockets as of the last poll, with times up to now."""
+        now = self._clock()
+        ts = self._fmt.ts(now)
+        out = []
+        for fam in (4, 6):
+            for s in self._socks[fam].values():
+                out.append({
+                    "type": "socket",
+                    "ts": ts,
+                    "conn": s.conn,
+                    "family": s.family,
+                    "laddr": s.laddr,
+                    "lport": s.lport,
+                    "raddr": s.raddr,
+                    "rport": s.rport,
+                    "state": _NAMES[s.state],
+                    "in_state_ns": max(0, now - s.since),
+                    "age_ns": max(0, now - s.start),
+                    "lower_bound": s.lower_bound,
+                    "estimate": s.estimate,
+                    "pid": s.pid,
+                    "comm": s.comm,
+                    "owner_from": s.owner_from,
+                    "role": s.role,
+                    "source": SOURCE,
+                    "approx": True,
+                })
+        return out
+
+    def report(self):
+        """The exit report's figures (tracer/backend.py): every transition
+        seen; the time in each state from every ``in_old_ns`` that is not a
+        lower bound, LISTEN and CLOSE aside; the sockets in memory by
+        state."""
+        durations = {}
+        order = [num for _, num in _TIMED] + sorted(set(self._hist) - {n for _, n in _TIMED})
+        for num in order:
+            h = self._hist.get(num)
+            if h is None:
+                continue
+            sparse, mx, n = h
+            counts = [0] * hist.BUCKETS
+            for b, c in sparse.items():
+                counts[b] = c
+            d = {"count": n}
+            d.update(hist.percentiles(counts))
+            d["max_ns"] = mx
+            durations[_NAMES[num]] = d
+        current = {}
+        for fam in (4, 6):
+            for s in self._socks[fam].values():
+                current[s.state] = current.get(s.state, 0) + 1
+        return {
+            "transitions": dict(self._transitions),
+            "durations": durations,
+            "current": {_NAMES[num]: current[num] for num in sorted(current)},
+            "records": {},
+        }
 
     # -- one poll --------------------------------------------------------------
 
@@ -253,7 +377,7 @@ class ProcBackend:
         except FileNotFoundError:
             return b""
         except OSError as e:
-            raise _failure("cannot read %s: %s" % (path, e.strerror or e))
+            raise Failure("cannot read %s: %s" % (path, e.strerror or e))
 
     def _scan(self, family, data):
         if not data:
@@ -267,7 +391,7 @@ class ProcBackend:
         except IndexError:
             pass
         self._explain(family, data)
-        raise _failure("%s: unexpected format" % path)
+        raise Failure("%s: unexpected format" % path)
 
     def _explain(self, family, data):
         """Raise Failure with the strict parser's message (file and line)
@@ -275,7 +399,7 @@ class ProcBackend:
         try:
             procnet.parse_tcp(data, family, self._paths[family])
         except procnet.ProcParseError as e:
-            raise _failure(str(e))
+            raise Failure(str(e))
 
     def _parse(self, family, header, picked, data):
         """ProcSocket of each picked line (validated by procnet)."""
@@ -284,7 +408,7 @@ class ProcBackend:
             return procnet.parse_tcp(blob, family, self._paths[family])
         except procnet.ProcParseError as e:
             self._explain(family, data)      # the same error, with its real line number
-            raise _failure(str(e))
+            raise Failure(str(e))
 
     def _resolve(self, inodes):
         if not inodes or self._owners is None:
@@ -294,14 +418,32 @@ class ProcBackend:
         except OSError:
             return {}
 
+    def _new_conn(self):
+        self._conns += 1
+        return "%016x" % (CONN_PROC | self._conns)
+
+    def _role(self, ps):
+        if ps.state == _LISTEN:
+            return "listener"
+        return "server" if (ps.family, ps.lport) in self._listening else "client"
+
+    def _listen(self, family, port, delta):
+        k = (family, port)
+        n = self._listening.get(k, 0) + delta
+        if n > 0:
+            self._listening[k] = n
+        else:
+            self._listening.pop(k, None)
+
     def _poll(self, baseline=False):
         t0 = time.perf_counter()
+        t_read = self._clock()
         data = {fam: self._read_file(fam) for fam in (4, 6)}
-        now = time.monotonic_ns()
+        now = self._clock()
         self._last = now
         self.polls += 1
 
-        gone_all = []      # (family, _Sock)
+        gone_all = []      # _Sock
         fresh_all = []     # (family, key, ProcSocket)
         need = set()       # inodes whose owner we do not know
         for fam in (4, 6):
@@ -321,7 +463,7 @@ class ProcBackend:
                 parsed = self._parse(fam, header, list(picked.values()), data[fam])
             self._snap[fam] = snap
             for k in prev.keys() - snap.keys():
-                gone_all.append((fam, socks.pop(k)))
+                gone_all.append(socks.pop(k))
             if not fresh:
                 continue
             for k, ps in zip(picked, parsed):
@@ -331,16 +473,22 @@ class ProcBackend:
                     if s is None or s.inode != ps.inode:
                         need.add(ps.inode)
         owners = self._resolve(need)
+        # New listeners count before roles are given (an accepted socket can
+        # show up in the same poll as its listener); listeners that went
+        # away count until after (it may have been accepted just before).
+        for fam, k, ps in fresh_all:
+            if ps.state == _LISTEN:
+                self._listen(fam, ps.lport, 1)
         out = []
         if baseline:
             for fam, k, ps in fresh_all:
-                s = self._socks[fam][k] = _Sock(fam, k, ps, now, owners.get(ps.inode), True)
-                out.append(self._handoff(s, now))
+                self._socks[fam][k] = _Sock(self._new_conn(), ps, now, t_read,
+                                            owners.get(ps.inode), self._role(ps), True)
             self.last_poll_s = time.perf_counter() - t0
             return out
 
-        for fam, s in gone_all:
-            out.append(self._item(s, s.state, _S["CLOSE"], now - s.since, now))
+        for s in gone_all:
+            self._end(out, s, now, "expired" if s.state == _TW else None)
         for fam, k, ps in fresh_all:
             socks = self._socks[fam]
             s = socks.get(k)
@@ -350,8 +498,10 @@ class ProcBackend:
                 if (s.inode and ps.inode and s.inode != ps.inode) or (
                         new != old and new not in REACHABLE.get(old, ())):
                     # another socket on the same 4-tuple
-                    out.append(self._item(s, old, _S["CLOSE"], now - s.since, now))
-                    s = None
+                    reason = None
+                    if old == _TW:
+                        reason = "reused" if now < s.deadline else "expired"
+                    self._end(out, s, now, reason)
                 else:
                     s.inode = ps.inode
                     if owner is not None:
@@ -361,21 +511,80 @@ class ProcBackend:
                         since = now
                         if new == _TW and ps.timer == _TIMER_TIME_WAIT:
                             since = _tw_entry(ps, now, s.since)
-                        out.append(self._item(s, old, new, since - s.since, now))
+                            s.deadline = t_read + ps.time_left_ns
+                        lower = s.cur_lower
+                        in_old = s.leave(since)
+                        out.append(self._state(s, old, new, in_old, lower, now, None))
                         s.state = new
                         s.since = since
-                        s.lower_bound = False
+                        s.cur_lower = s.estimate = False
                     continue
-            s = socks[k] = _Sock(fam, k, ps, now, owner, False)
-            out.append(self._item(s, _S["CLOSE"], s.state, None, now))
+            s = socks[k] = _Sock(self._new_conn(), ps, now, t_read, owner,
+                                 self._role(ps), False)
+            out.append(self._state(s, _CLOSE, s.state, None, False, now, None))
+        for s in gone_all:
+            if s.state == _LISTEN:
+                self._listen(s.family, s.lport, -1)
         self.last_poll_s = time.perf_counter() - t0
         return out
 
-    def _item(self, s, old, new, in_old, now, kind="state"):
-        rec = {
-            "type": kind,
+    # -- records -----------------------------------------------------------------
+
+    def _end(self, out, s, now, reason):
+        """The end of socket *s*, seen at *now*: its ``X -> CLOSE`` and, but
+        for a listener, its closed record."""
+        old, lower = s.state, s.cur_lower
+        in_old = s.leave(now)
+        out.append(self._state(s, old, _CLOSE, in_old, lower, now, reason))
+        if s.role == "listener":
+            return
+        path = [_NAMES[n] for n in s.path]
+        path.append("CLOSE")
+        spent = s.spent
+        fmt = self._fmt
+        out.append({
+            "type": "closed",
+            "ts": fmt.ts(now),
+            "conn": s.conn,
+            "family": s.family,
+            "laddr": s.laddr,
+            "lport": s.lport,
+            "raddr": s.raddr,
+            "rport": s.rport,
+            "pid": s.pid,
+            "comm": s.comm,
+            "owner_from": s.owner_from,
+            "role": s.role,
+            "start_ts": fmt.ts(s.start),
+            "lifetime_ns": max(0, now - s.start),
+            "states": {name: spent.get(num, 0) for name, num in _TIMED},
+            "path": path,
+            "closed_first": records.closed_first(path),
+            "end": "normal" if s.path[-1] in _BOTH_FINS else "unknown",
+            "error": None,
+            "reason": reason,
+            "lower_bound": s.lower_bound,
+            "source": SOURCE,
+            "approx": True,
+        })
+
+    def _state(self, s, old, new, in_old, lower, now, reason):
+        """A state record, counted for report()."""
+        key = _NAMES[old] + "->" + _NAMES[new]
+        self._transitions[key] = self._transitions.get(key, 0) + 1
+        if in_old is not None and not lower and old not in _UNTIMED:
+            h = self._hist.get(old)
+            if h is None:
+                h = self._hist[old] = [{}, 0, 0]
+            b = hist.bucket(in_old)
+            h[0][b] = h[0].get(b, 0) + 1
+            if in_old > h[1]:
+                h[1] = in_old
+            h[2] += 1
+        return {
+            "type": "state",
             "ts": self._fmt.ts(now),
-            "sk": "%x" % s.sk,
+            "conn": s.conn,
             "family": s.family,
             "laddr": s.laddr,
             "lport": s.lport,
@@ -384,21 +593,13 @@ class ProcBackend:
             "old": _NAMES[old],
             "new": _NAMES[new],
             "in_old_ns": in_old,
+            "lower_bound": lower,
             "pid": s.pid,
             "comm": s.comm,
             "owner_from": s.owner_from,
+            "role": s.role,
+            "via": None,
+            "reason": reason,
             "source": SOURCE,
             "approx": True,
         }
-        if s.lower_bound and in_old is not None:
-            rec["lower_bound"] = True
-        return rec, now, s.sk, (s.sk if (old == _TW or new == _TW) else 0)
-
-    def _handoff(self, s, now):
-        """A baseline socket for the connection table: filed, never printed
-        (the table prints no ``handoff``).  With in_old_ns null the table
-        dates it from its own start, as a lower bound; a TIME_WAIT socket,
-        whose entry time is estimated, is filed at that time instead."""
-        if s.lower_bound:
-            return self._item(s, s.state, s.state, None, now, "handoff")
-        return self._item(s, s.state, s.state, 0, s.since, "handoff")

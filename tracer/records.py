@@ -1,10 +1,9 @@
-"""Output records: how a kernel event becomes one NDJSON object.
+"""Kernel records -> output records: bytes from the ring buffer become dicts
+with exactly the fields tracer/spec.py declares, in its order.
 
-The field names and types are those of ``tracer/schema/events.schema.json``,
-the published contract; tests validate every line socktrace writes against
-it.  Formatting is on the per-event hot path, so addresses, comm strings and
-timestamps up to the millisecond are cached: a busy host has few distinct
-values of each.
+This is the reference formatter.  tracer/_fmt.c writes the same NDJSON
+straight from the bytes, faster; tests/test_fmt.py checks that the two agree
+byte for byte (``orjson.dumps`` of these dicts).
 
 >>> fmt = Formatter(wall_offset_ns=0)
 >>> fmt.ts(1_700_000_000_123_456_789)
@@ -17,17 +16,12 @@ values of each.
 '::1'
 """
 
+import errno
 import socket
+import struct
 import time
 
-from . import states, wire
-
-STATE = "state"
-LOST = "lost"
-CLOSED = "closed"
-SOCKET = "socket"
-SUMMARY = "summary"
-
+from . import spec, states, wire
 
 # the last three digits of a timestamp: see Formatter.ts
 _US3 = tuple("%03dZ" % us for us in range(1000))
@@ -44,11 +38,10 @@ class Formatter:
     def __init__(self, wall_offset_ns=None):
         self.wall_offset = (monotonic_to_wall_ns() if wall_offset_ns is None
                             else wall_offset_ns)
-        # Timestamps come in bursts (hundreds per millisecond in a storm):
-        # the text up to the milliseconds is made once per millisecond and
-        # each record only appends its microseconds ("123Z", from _US3).
-        self._ms_ns = -1 << 80         # wall ns where that millisecond starts
-        self._ms_text = ""             # "2023-11-14T22:13:20.123"
+        # Timestamps come in bursts: the text up to the milliseconds is made
+        # once per millisecond and each record appends its microseconds.
+        self._ms_ns = -1 << 80
+        self._ms_text = ""
         self._sec = None
         self._sec_text = ""
         self._addrs = {4: {}, 6: {}}     # family -> {16 raw bytes: text}
@@ -62,7 +55,6 @@ class Formatter:
         return self._ms_text + _US3[us]
 
     def _new_ms(self, wall):
-        """Move the millisecond cache to *wall*; returns its microseconds."""
         sec, frac = divmod(wall, 1_000_000_000)
         if sec != self._sec:
             self._sec = sec
@@ -73,7 +65,7 @@ class Formatter:
         return ns // 1000
 
     def addr(self, family, raw16):
-        """16 bytes as the tracepoint gives them (IPv4 mapped) -> text."""
+        """16 bytes as the kernel gives them (IPv4 mapped) -> text."""
         cache = self._addrs[family]
         text = cache.get(raw16)
         if text is None:
@@ -97,64 +89,152 @@ class Formatter:
 
 
 _NAMES = states.NAMES
+_NUM = states.NUMBERS
 _OWNER = wire.OWNER_FROM
+_ROLE = {k: (None if v == "unknown" else v) for k, v in wire.ROLE.items()}
 _REASON = {k: (None if v == "none" else v) for k, v in wire.REASON.items()}
 _VIA = {k: (None if v == "kernel" else v) for k, v in wire.VIA.items()}
-_F_IN_OLD = wire.F_IN_OLD
-_KIND_STATE = wire.KIND_STATE
-# One shared int object per port: the table holds two per connection, and a
-# fresh int from each unpack would cost 28 bytes apiece.
-_PORTS = tuple(range(65536))
+_END = wire.END
+_F_IN_OLD = wire.FLAGS["in_old"]
+_F_LOWER = wire.FLAGS["lower"]
+_TIMED = tuple((name, _NUM[name]) for name in spec.TIMED_STATES)
+_FIN_WAIT1, _CLOSE_WAIT, _CLOSING = _NUM["FIN_WAIT1"], _NUM["CLOSE_WAIT"], _NUM["CLOSING"]
+_HDR = struct.Struct("<II")           # a ring buffer record's header: length, page offset
+_KIND = struct.Struct("<I")
+_BUSY_DISCARD = 3 << 30
 
 
-def decode(fmt, raw, source="bpf"):
-    """A raw wire tuple -> a state record (dict, schema field order).
+def errno_name(num):
+    """12 -> 'ENOMEM'; an unknown number -> 'E123'; 0 -> None."""
+    if not num:
+        return None
+    return errno.errorcode.get(num, "E%d" % num)
 
-    Internal records (hand-offs) come back with ``type`` "handoff"; the
-    connection table consumes them and nothing prints them.  This runs once
-    per kernel event, so the Formatter caches are probed inline: a method
-    call costs more than the dict lookup it wraps.
-    """
-    (ts_ns, sk, twaddr, in_old, saddr, daddr, pid, sport, dport, family,
-     old, new, owner_from, flags, reason, via, kind, comm) = raw
-    us = (ts_ns + fmt.wall_offset - fmt._ms_ns) // 1000      # see Formatter.ts
-    if not 0 <= us < 1000:
-        us = fmt._new_ms(ts_ns + fmt.wall_offset)
-    addrs = fmt._addrs[family]
-    laddr = addrs.get(saddr) or fmt.addr(family, saddr)
-    raddr = addrs.get(daddr) or fmt.addr(family, daddr)
-    if pid:
-        # the pid itself needs no interning: the table keeps it only inside
-        # an interned meta tuple (table._meta)
-        comm = fmt._comms.get(comm) or fmt.comm(comm)
-    else:
-        pid = comm = None
-    rec = {
-        "type": STATE if kind == _KIND_STATE else "handoff",
-        "ts": fmt._ms_text + _US3[us],
-        "sk": "%x" % sk,
+
+def state(fmt, t, source="bpf"):
+    """A st_state tuple (wire.STATE_FIELDS order) -> a state record."""
+    (_, pid, ts_ns, conn, in_old, saddr, daddr, sport, dport, family, old, new,
+     owner_from, role, flags, reason, via, comm) = t
+    return {
+        "type": "state",
+        "ts": fmt.ts(ts_ns),
+        "conn": "%x" % conn,
         "family": family,
-        "laddr": laddr,
-        "lport": _PORTS[sport],
-        "raddr": raddr,
-        "rport": _PORTS[dport],
+        "laddr": fmt.addr(family, saddr),
+        "lport": sport,
+        "raddr": fmt.addr(family, daddr),
+        "rport": dport,
         "old": _NAMES[old],
         "new": _NAMES[new],
         "in_old_ns": in_old if flags & _F_IN_OLD else None,
-        "pid": pid,
-        "comm": comm,
+        "lower_bound": bool(flags & _F_LOWER),
+        "pid": pid or None,
+        "comm": fmt.comm(comm) if pid else None,
         "owner_from": _OWNER[owner_from],
+        "role": _ROLE[role],
+        "via": _VIA[via],
+        "reason": _REASON[reason],
+        "source": source,
+        "approx": False,
+    }
+
+
+def closed_first(path):
+    """Who sent the first FIN, from the states a connection went through."""
+    if "FIN_WAIT1" in path or "CLOSING" in path:
+        return "local"
+    if "CLOSE_WAIT" in path:
+        return "remote"
+    return None
+
+
+def closed(fmt, t, source="bpf"):
+    """A st_closed tuple (wire.unpack_closed) -> a closed record."""
+    (_, pid, ts_ns, conn, start_ns, spent, saddr, daddr, sport, dport, error,
+     family, owner_from, role, flags, end, reason, path_len, _pad, path, comm) = t
+    names = [_NAMES[s] for s in path[:path_len]]
+    names.append("CLOSE")
+    return {
+        "type": "closed",
+        "ts": fmt.ts(ts_ns),
+        "conn": "%x" % conn,
+        "family": family,
+        "laddr": fmt.addr(family, saddr),
+        "lport": sport,
+        "raddr": fmt.addr(family, daddr),
+        "rport": dport,
+        "pid": pid or None,
+        "comm": fmt.comm(comm) if pid else None,
+        "owner_from": _OWNER[owner_from],
+        "role": _ROLE[role],
+        "start_ts": fmt.ts(start_ns),
+        "lifetime_ns": max(0, ts_ns - start_ns),
+        "states": {name: spent[num] for name, num in _TIMED},
+        "path": names,
+        "closed_first": closed_first(names),
+        "end": _END[end],
+        "error": errno_name(error),
+        "reason": _REASON[reason],
+        "lower_bound": bool(flags & _F_LOWER),
+        "source": source,
+        "approx": False,
+    }
+
+
+def walk(span):
+    """Records in a span of ring-buffer bytes (each after its 8-byte header,
+    8-aligned, as bpf_backend's reader hands them over) -> (kind, offset)
+    pairs and the count of records that could not be read (an unknown kind
+    or a length that does not match it)."""
+    out = []
+    bad = 0
+    off, end = 0, len(span)
+    sizes = wire.SIZES
+    while off + 8 <= end:
+        length = _HDR.unpack_from(span, off)[0]
+        size = length & ~_BUSY_DISCARD
+        body = off + 8
+        if not length & _BUSY_DISCARD:
+            kind = _KIND.unpack_from(span, body)[0] if size >= 4 and body + 4 <= end else None
+            if kind in sizes and sizes[kind] == size and body + size <= end:
+                out.append((kind, body))
+            else:
+                bad += 1
+        off = (body + size + 7) & ~7
+    return out, bad
+
+
+def decode(fmt, span, source="bpf"):
+    """(records, undecodable count) for a span of ring-buffer bytes."""
+    out = []
+    items, bad = walk(span)
+    unpack_state = wire.STATE.unpack_from
+    for kind, off in items:
+        try:
+            if kind == wire.KIND_STATE:
+                out.append(state(fmt, unpack_state(span, off), source))
+            else:
+                out.append(closed(fmt, wire.unpack_closed(span, off), source))
+        except (IndexError, KeyError):      # a number no table names: corrupted
+            bad += 1
+    return out, bad
+
+
+def native_config(fmt, source="bpf"):
+    """The arguments of ``tracer._fmt.configure`` for output identical to
+    ``decode(fmt, span, source)``: the same tables, as plain values."""
+    return fmt.wall_offset, {
+        "states": tuple(_NAMES),
+        "owner_from": dict(_OWNER),
+        "role": dict(_ROLE),
+        "reason": dict(_REASON),
+        "via": dict(_VIA),
+        "end": dict(_END),
+        "errno": {n: errno_name(n) for n in range(1, 256)},
+        "timed": _TIMED,
         "source": source,
     }
-    if via:
-        rec["via"] = _VIA[via]
-    if reason:
-        rec["reason"] = _REASON[reason]
-    return rec, ts_ns, sk, twaddr
 
 
 def lost(ts, count, what, source="bpf"):
-    """``what``: ringbuf_lost (records dropped: the ring buffer was full),
-    socks_full / tw_full (sockets the kernel maps had no room for: their
-    durations and owners may be missing)."""
-    return {"type": LOST, "ts": ts, "count": count, "what": what, "source": source}
+    return {"type": "lost", "ts": ts, "count": count, "what": what, "source": source}

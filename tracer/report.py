@@ -1,9 +1,10 @@
-"""The exit report for people (stderr); log pipelines get the same data as
-the ``summary`` record.
+"""The exit report for people (stderr); log pipelines get the same figures
+as the ``summary`` record.
 
 >>> s = {"transitions": {"ESTABLISHED->FIN_WAIT1": 3}, "current": {"LISTEN": 2},
 ...      "durations": {"SYN_SENT": {"count": 3, "p50_ns": 41000, "p90_ns": 52000,
-...                                 "p99_ns": 52000, "max_ns": 52000}}, "evicted": 0}
+...                                 "p99_ns": 52000, "max_ns": 52000}},
+...      "records": {"received": 9, "self_transitions": 1, "lost": {}}}
 >>> print(render(s, {}), end="")
 socktrace: 3 transitions
   transition                     count
@@ -11,6 +12,7 @@ socktrace: 3 transitions
   time in state    count        p50        p90        p99        max
   SYN_SENT             3     41.0us     52.0us     52.0us     52.0us
   sockets now: LISTEN 2
+  records: 9 received; 1 self-transitions (old == new) dropped
   lost: none
 """
 
@@ -32,11 +34,9 @@ def render(summary, lost):
                 _ns(d["p99_ns"]), _ns(d["max_ns"])))
     now = " ".join("%s %d" % kv for kv in sorted(summary["current"].items()))
     lines.append("  sockets now: %s" % (now or "none"))
-    if summary.get("evicted"):
-        lines.append("  evicted from the table (cap reached): %d" % summary["evicted"])
-    rec = summary.get("records")
-    if rec:
-        lines.append("  records from the kernel: %d (%d worked out from timers or the peer)"
-                     % (rec["received"], rec["derived"]))
+    rec = summary.get("records") or {}
+    if "received" in rec:
+        lines.append("  records: %d received; %d self-transitions (old == new) dropped"
+                     % (rec["received"], rec.get("self_transitions", 0)))
     lines.append("  lost: %s" % (", ".join("%s %d" % kv for kv in lost.items()) or "none"))
     return "\n".join(lines) + "\n"

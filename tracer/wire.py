@@ -1,27 +1,20 @@
 """Decoding of the records the BPF program writes (bpf/socktrace.h).
 
-``EVENT`` mirrors ``struct st_event`` field for field; tests/test_wire.py
-compiles the header with the C compiler and checks size and every offset,
-so the two cannot drift apart silently.  The enums are not copied at all:
-they are read from the header, which stays their only definition.
+``STATE`` and ``CLOSED`` mirror ``struct st_state`` and ``struct st_closed``
+field for field; tests/test_wire.py compiles the header with the C compiler
+and checks sizes and every offset, so the two cannot drift apart silently.
+The enums are not copied at all: they are read from the header, which stays
+their only definition.
 
->>> EVENT.size
-96
->>> OWNER_FROM[1], REASON[2], VIA[1]
-('connect', 'reused', 'timer')
+>>> STATE.size, CLOSED.size
+(96, 240)
+>>> OWNER_FROM[1], REASON[2], VIA[1], END[3], ROLE[1]
+('connect', 'reused', 'timer', 'cancelled', 'client')
 """
 
 import re
 import struct
 from pathlib import Path
-
-# Order and types as in struct st_event; little-endian, no padding.
-EVENT = struct.Struct("<QQQQ16s16sIHHBBBBBBBB16s")
-FIELDS = (
-    "ts_ns", "skaddr", "twaddr", "in_old_ns", "saddr", "daddr", "pid",
-    "sport", "dport", "family", "oldstate", "newstate", "owner_from",
-    "flags", "reason", "via", "kind", "comm",
-)
 
 
 def bpf_dir():
@@ -35,30 +28,66 @@ def bpf_dir():
     raise FileNotFoundError("socktrace.h not found beside %s" % here)
 
 
-def _enum(text, prefix):
+_HEADER = (bpf_dir() / "socktrace.h").read_text()
+
+
+def _define(name):
+    return int(re.search(r"#define %s\s+(\d+)" % name, _HEADER).group(1))
+
+
+def _enum(prefix):
     """``ST_OWNER_CONNECT = 1,`` -> {1: 'connect'} for *prefix* ``ST_OWNER_``."""
     out = {}
-    for name, value in re.findall(r"\b%s(\w+)\s*=\s*(\d+)" % prefix, text):
+    for name, value in re.findall(r"\b%s(\w+)\s*=\s*(\d+)" % prefix, _HEADER):
         out[int(value)] = name.lower()
     return out
 
 
-_HEADER = (bpf_dir() / "socktrace.h").read_text()
-KIND = _enum(_HEADER, "ST_KIND_")
-OWNER_FROM = _enum(_HEADER, "ST_OWNER_")
-REASON = _enum(_HEADER, "ST_REASON_")
-VIA = _enum(_HEADER, "ST_VIA_")
-FLAGS = {v: k for k, v in _enum(_HEADER, "ST_F_").items()}
-COUNTERS = _enum(_HEADER, "ST_CNT_")
-# what becomes a ``lost`` record: the header's loss counters (derived_sent
-# only splits what was received, recovered is taken off missed) and the
-# kernel's skipped program runs
-LOSS_COUNTERS = tuple(n for n in COUNTERS.values()
-                      if n not in ("derived_sent", "recovered")) + (
+COMM_LEN = _define("ST_COMM_LEN")
+PATH_LEN = _define("ST_PATH_LEN")
+NR_STATES = _define("ST_NR_STATES")
+CONN_OWN = 1 << 63
+
+KIND = _enum("ST_KIND_")
+OWNER_FROM = _enum("ST_OWNER_")
+ROLE = _enum("ST_ROLE_")
+REASON = _enum("ST_REASON_")
+VIA = _enum("ST_VIA_")
+END = _enum("ST_END_")
+FLAGS = {v: k for k, v in _enum("ST_F_").items()}
+COUNTERS = _enum("ST_CNT_")
+# counters that count records sent, not losses
+SENT_COUNTERS = ("derived_sent", "state_sent", "closed_sent", "recovered", "self", "handoff")
+# what becomes a ``lost`` record: the header's loss counters and the
+# kernel's skipped program runs (recovered is taken off missed)
+LOSS_COUNTERS = tuple(n for n in COUNTERS.values() if n not in SENT_COUNTERS) + (
     "missed", "timer_missed")
-COMM_LEN = int(re.search(r"#define ST_COMM_LEN (\d+)", _HEADER).group(1))
 
 KIND_STATE = {v: k for k, v in KIND.items()}["state"]
-KIND_HANDOFF = {v: k for k, v in KIND.items()}["handoff"]
-F_IN_OLD = FLAGS["in_old"]
-F_DERIVED = FLAGS["derived"]
+KIND_CLOSED = {v: k for k, v in KIND.items()}["closed"]
+
+# Order and types as in the structs; little-endian, x for padding.
+STATE = struct.Struct("<IIQQQ16s16sHHBBBBBBBB%ds4x" % COMM_LEN)
+STATE_FIELDS = (
+    "kind", "pid", "ts_ns", "conn", "in_old_ns", "saddr", "daddr", "sport",
+    "dport", "family", "oldstate", "newstate", "owner_from", "role", "flags",
+    "reason", "via", "comm",
+)
+CLOSED = struct.Struct("<IIQQQ%dQ16s16sHHiBBBBBBBB%ds%ds"
+                       % (NR_STATES, PATH_LEN, COMM_LEN))
+CLOSED_FIELDS = (
+    "kind", "pid", "ts_ns", "conn", "start_ns", "spent", "saddr", "daddr",
+    "sport", "dport", "error", "family", "owner_from", "role", "flags", "end",
+    "reason", "path_len", "pad", "path", "comm",
+)
+SEED = struct.Struct("<Q16s16sHHIBBBBB3s%ds" % COMM_LEN)
+SEED_FIELDS = ("since_ns", "saddr", "daddr", "sport", "dport", "pid", "family",
+               "owner_from", "role", "flags", "state", "pad", "comm")
+SIZES = {KIND_STATE: STATE.size, KIND_CLOSED: CLOSED.size}
+
+
+def unpack_closed(buf, off=0):
+    """A closed record as a flat tuple with ``spent`` folded into one tuple,
+    in CLOSED_FIELDS order."""
+    t = CLOSED.unpack_from(buf, off)
+    return t[:5] + (t[5:5 + NR_STATES],) + t[5 + NR_STATES:]

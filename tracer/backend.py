@@ -1,0 +1,96 @@
+"""What a backend is: the one interface the eBPF and the /proc backends
+implement, and how run.py picks one.
+
+A backend is the top of the data path (kernel record -> decode -> enrich ->
+filter -> sink): it hands on *finished* records, dicts with exactly the
+fields tracer/spec.py declares for their type, in the order things happened.
+It owns everything it needs to build them (the eBPF backend: the kernel's
+maps; the proc backend: its memory from one poll to the next).  Nothing
+below it keeps a second copy of a connection's story.
+tests/test_backends.py is the conformance test both pass.
+
+    open()            load/attach or take the first snapshot; returns self.
+                      Raises Unavailable (eBPF cannot run here: one line)
+                      or Failure (a run-time error: one line).
+    read()            [state and closed records] that arrived since the last
+                      call (may be empty; never blocks for long).
+    lost()            {what: count} of new losses since the last call
+                      (the ``what`` values of a lost record).
+    sockets()         [socket records]: every TCP socket now, with its id,
+                      owner and age where known.
+    reconcile()       [closed records] for connections the backend still
+                      held but the kernel no longer has, ended unseen; each
+                      one is also dropped from the backend's memory.
+    report()          the exit report's figures: {"transitions":
+                      {"OLD->NEW": n}, "durations": {STATE: {"count",
+                      "p50_ns", "p90_ns", "p99_ns", "max_ns"}}, "current":
+                      {STATE: n}, "records": {...}}.
+    close()           detach / forget; idempotent.
+
+    source            "bpf" or "proc", as in every record.
+    notes             one-line caveats for stderr (degraded features).
+"""
+
+
+class Failure(Exception):
+    """A run-time failure, reported as one line and exit status 1."""
+
+
+class Unavailable(Exception):
+    """eBPF cannot run here; the message is one line saying why."""
+
+
+class Backend:
+    """The interface (see the module docstring); both backends subclass it."""
+
+    source = None
+
+    def __init__(self):
+        self.notes = []
+
+    def open(self):
+        raise NotImplementedError
+
+    def read(self):
+        raise NotImplementedError
+
+    def lost(self):
+        return {}
+
+    def sockets(self):
+        raise NotImplementedError
+
+    def reconcile(self):
+        return []
+
+    def report(self):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+def open_backend(args, ports=(), lports=(), rports=(), record_types=("state", "closed"),
+                 warn=None):
+    """The backend the user asked for; with ``auto``, eBPF or else /proc
+    with a one-line note (through *warn*) saying why."""
+    if args.backend in ("auto", "bpf"):
+        try:
+            from .bpf_backend import BpfBackend
+        except ImportError as e:
+            why = "cannot import the eBPF backend (%s)" % e
+        else:
+            try:
+                return BpfBackend(max_socks=args.max_sockets, ringbuf_mb=args.ringbuf_mb,
+                                  family=args.family, ports=ports, lports=lports,
+                                  rports=rports, pids=args.pid,
+                                  record_types=record_types).open()
+            except Unavailable as e:
+                why = str(e)
+        if args.backend == "bpf":
+            raise Failure("eBPF backend unavailable: %s" % why)
+        if warn:
+            warn("eBPF unavailable (%s); polling /proc instead" % why)
+    from .proc_backend import ProcBackend
+
+    return ProcBackend(interval=args.interval).open()
