@@ -420,8 +420,10 @@ class BpfBackend(Backend):
         # the kernel's skip counts first: see _missed for why the order matters
         missed = self._missed()
         out = {}
+        per_slot = len(wire.COUNTERS)
         for idx, name in wire.COUNTERS.items():
-            out[name] = sum(self._counters[ctypes.c_int(idx)])
+            out[name] = sum(sum(self._counters[ctypes.c_int(slot * per_slot + idx)])
+                            for slot in range(_NR_SLOTS))
         if self.use_perfbuf:
             out["ringbuf_lost"] += self._perf_lost
         missed["missed"] -= out["recovered"]
@@ -479,17 +481,19 @@ class BpfBackend(Backend):
         """The kernel's tallies for the exit report: {"transitions":
         {(old, new): n}, "durations": {state: hist counts}, "self": n}."""
         ns = wire.NR_STATES
+        per_slot = ns * ns
         trans = {}
-        table = self._bpf[b"transitions"]
-        for idx in range(ns * ns):
-            n = sum(table[ctypes.c_int(idx)])
+        table = _per_cpu_sums(self._bpf[b"transitions"])
+        for idx in range(per_slot):
+            n = sum(table[slot * per_slot + idx] for slot in range(_NR_SLOTS))
             if n:
                 trans[(states.NAMES[idx // ns], states.NAMES[idx % ns])] = n
         durations = {}
-        table = self._bpf[b"hist"]
+        table = _per_cpu_sums(self._bpf[b"hist"])
+        per_slot = ns * hist.BUCKETS
         for old in sorted({states.NUMBERS[o] for o, _ in trans}):
-            counts = [sum(table[ctypes.c_int(old * hist.BUCKETS + b)])
-                      for b in range(hist.USED)] + [0] * (hist.BUCKETS - hist.USED)
+            counts = [sum(table[slot * per_slot + old * hist.BUCKETS + b]
+                          for slot in range(_NR_SLOTS)) for b in range(hist.BUCKETS)]
             if any(counts):
                 durations[states.NAMES[old]] = counts
         return {"transitions": trans, "durations": durations,
@@ -757,6 +761,7 @@ def _prog_misses(fd):
     return _U64.unpack_from(info.raw, _OFF_RECURSION_MISSES)[0]
 
 
+_NR_SLOTS = 3                          # ST_NR_SLOTS: per-CPU slots, one a program context
 _OWNER_PROC = {v: k for k, v in wire.OWNER_FROM.items()}["proc"]
 _OWNER_UNKNOWN = {v: k for k, v in wire.OWNER_FROM.items()}["unknown"]
 _ROLES = {v: k for k, v in wire.ROLE.items()}
@@ -797,6 +802,15 @@ def _owners_of(rows):
         return {}
     return {ino: (pid, (comm or "").encode("utf-8", "replace"))
             for ino, (pid, comm) in found.items()}
+
+
+def _per_cpu_sums(table):
+    """A per-CPU array's values summed over CPUs, as a list (in batches
+    where the kernel can: one system call per few thousand entries)."""
+    try:
+        return [sum(v) for _, v in table.items_lookup_batch()]
+    except Exception:
+        return [sum(table[ctypes.c_int(i)]) for i in range(len(table))]
 
 
 def _items(table):
