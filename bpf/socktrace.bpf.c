@@ -91,32 +91,9 @@ BPF_PERCPU_ARRAY(scratch_closed, struct st_closed, 1);
 BPF_RINGBUF_OUTPUT(events, ST_RINGBUF_PAGES);
 #endif
 
-/* A connection's story so far.  In `socks` (by socket address) while its
- * full socket lives, then in `tws` (by timewait timer address). */
-struct st_story {
-	__u64 conn;
-	__u64 start_ns;			/* when it began, or was first seen */
-	__u64 ts;			/* when its current state began */
-	__u64 spent[ST_NR_STATES];	/* ns per state left so far */
-	__u64 deadline;			/* timewait: timer expiry, jiffies */
-	__u64 len_j;			/* timewait: timeout of the first arm */
-	__u8  saddr[16];
-	__u8  daddr[16];
-	__u16 sport;
-	__u16 dport;
-	__u32 pid;
-	__u32 netns;			/* network namespace inode, 0 unknown */
-	__u8  family;
-	__u8  owner_from;
-	__u8  role;
-	__u8  flags;			/* st_closed flags: LOWER, RST_RECV, ... */
-	__u8  state;			/* current state (timewait: its substate) */
-	__u8  cur_lower;		/* ts is a lower bound: older than us */
-	__u8  path_len;
-	__u8  pad;
-	__u8  path[ST_PATH_LEN];
-	char  comm[ST_COMM_LEN];
-};
+/* A connection's story (struct st_story, socktrace.h): in `socks` (by
+ * socket address) while its full socket lives, then in `tws` (by timewait
+ * timer address). */
 BPF_HASH(socks, __u64, struct st_story, ST_MAX_SOCKS);
 BPF_HASH(tws, __u64, struct st_story, ST_MAX_SOCKS);
 BPF_PERCPU_ARRAY(scratch, struct st_story, 3);
@@ -478,8 +455,13 @@ static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u
  * histogram.  A time that is only a lower bound stays out of the histogram. */
 static __always_inline void leave(struct st_story *s, int old, int new, __u64 ts, int slot)
 {
-	__u64 in_old = ts - s->ts;
+	__u64 in_old = 0;
 	int idx;
+
+	if (ts >= s->ts)
+		in_old = ts - s->ts;
+	else
+		count(ST_CNT_IMPOSSIBLE, slot);
 
 	/* CLOSE is no state of the connection's; a new child socket never
 	 * was in its listener's LISTEN */
@@ -799,7 +781,7 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 
 	/* Time in the state left: known when we saw it begin, or from the
 	 * seed of a socket older than us (then a lower bound). */
-	__u64 in_old = known ? now - s->ts : 0;
+	__u64 in_old = known && now >= s->ts ? now - s->ts : 0;
 	__u8 flags = (known ? ST_F_IN_OLD : 0) | (s->cur_lower ? ST_F_LOWER : 0);
 
 	/* A closing socket whose timewait timer was armed just before, on

@@ -103,7 +103,9 @@ enum st_counter {
 	ST_CNT_HANDOFF      = 10,	/* X->CLOSE hits where a timewait socket goes
 					 * on in FIN_WAIT2: no state changed, no
 					 * record (not a loss) */
-	ST_NR_COUNTERS      = 11,
+	ST_CNT_IMPOSSIBLE   = 11,	/* a state that would have ended before it
+					 * began (clocks): taken as 0 ns, counted */
+	ST_NR_COUNTERS      = 12,
 };
 
 /* One transition. */
@@ -153,6 +155,34 @@ struct st_closed {
 	char  comm[ST_COMM_LEN];
 };
 
+/* A connection's story so far, as the kernel keeps it: the value of the
+ * `socks` map while its full socket lives and of `tws` once a timewait
+ * socket holds it.  User space reads it for socket dumps and to reconcile
+ * with the kernel's own socket list. */
+struct st_story {
+	__u64 conn;
+	__u64 start_ns;			/* when it began, or was first seen */
+	__u64 ts;			/* when its current state began */
+	__u64 spent[ST_NR_STATES];	/* ns per state left so far */
+	__u64 deadline;			/* timewait: timer expiry, jiffies */
+	__u64 len_j;			/* timewait: timeout of the first arm */
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 pid;
+	__u32 netns;			/* network namespace inode, 0 unknown */
+	__u8  family;
+	__u8  owner_from;
+	__u8  role;
+	__u8  flags;			/* st_closed flags: LOWER, RST_RECV, ... */
+	__u8  state;			/* current state (timewait: its substate) */
+	__u8  cur_lower;		/* ts is a lower bound: older than us */
+	__u8  path_len;
+	__u8  pad;
+	__u8  path[ST_PATH_LEN];
+	char  comm[ST_COMM_LEN];
+};
 /* A socket older than the tracer, handed to the kernel by user space at
  * start (seeds map, keyed by socket cookie): what sock_diag and /proc know,
  * so that its first transition or its timewait end carries its story. */

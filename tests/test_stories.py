@@ -295,3 +295,61 @@ def test_records_closed_only(tmp_path):
     (summary,) = [e for e in evs if e["type"] == "summary"]
     assert summary["records"]["state"] == 0 and summary["records"]["closed"] > 0, summary
     assert summary["transitions"], "the kernel still counts transitions"
+
+
+def _time_wait_before(ls):
+    """A client-first connection to *ls* whose client end is in TIME_WAIT
+    now; returns its tuple as ss prints it."""
+    port = ls.getsockname()[1]
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.bind(("127.0.0.1", 0))
+    cport = c.getsockname()[1]
+    c.connect(("127.0.0.1", port))
+    a, _ = ls.accept()
+    c.close()
+    time.sleep(0.05)
+    a.close()
+    time.sleep(0.2)
+    return ("127.0.0.1", cport, "127.0.0.1", port)
+
+
+def test_a_story_whose_socket_vanished_unseen_is_ended(tmp_path):
+    """With classic tracepoints the timer programs cannot tell the timewait
+    timer of a socket older than socktrace (no timer function in the
+    event), so such a TIME_WAIT ends unseen: reconciliation with the
+    kernel's socket list (sped up here) ends its story with a closed record,
+    end "unknown", and no stale row stays in the dumps."""
+    ls = listener()
+    port = ls.getsockname()[1]
+    key = _time_wait_before(ls)
+    trace = start_socktrace(str(tmp_path / "vanished.ndjson"), ["--dump-every", "0.5"],
+                            env={"SOCKTRACE_TRACEPOINTS": "classic",
+                                 "SOCKTRACE_RECONCILE_S": "0.5"})
+    try:
+        cookie = _ss_cookies()[key]
+        again = socket.socket()
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", key[1]))
+        again.connect(("127.0.0.1", port))     # the TIME_WAIT is gone now
+        again_a, _ = ls.accept()
+
+        def ended(evs):
+            return [e for e in evs if e.get("type") == "closed" and e["conn"] == cookie]
+        (closed,) = trace.wait_for(ended, timeout=15, what="the vanished TIME_WAIT's end")
+        m = trace.mark()
+        trace.wait_for(lambda evs: [e for e in evs if e.get("type") == "socket"], since=m,
+                       what="a dump after the end")
+        time.sleep(0.6)
+        later = trace.events(m)
+        again.close()
+        again_a.close()
+    finally:
+        trace.stop()
+        ls.close()
+    assert trace.rc == 0, trace.stderr()
+    assert (closed["end"], closed["path"], closed["lower_bound"]) == (
+        "unknown", ["TIME_WAIT", "CLOSE"], True), closed
+    assert (closed["lport"], closed["rport"]) == (key[1], port), closed
+    assert not [e for e in later if e.get("type") == "socket" and e["conn"] == cookie], (
+        "a stale row stayed")

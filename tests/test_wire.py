@@ -16,6 +16,7 @@ STRUCTS = {
     "st_state": (wire.STATE, wire.STATE_FIELDS),
     "st_closed": (wire.CLOSED, wire.CLOSED_FIELDS),
     "st_seed": (wire.SEED, wire.SEED_FIELDS),
+    "st_story": (wire.STORY, wire.STORY_FIELDS),
 }
 HEADER = (wire.bpf_dir() / "socktrace.h").read_text()
 

@@ -38,5 +38,8 @@ def render(summary, lost):
     if "received" in rec:
         lines.append("  records: %d received; %d self-transitions (old == new) dropped"
                      % (rec["received"], rec.get("self_transitions", 0)))
+    if rec.get("impossible_durations"):
+        lines.append("  impossible durations (a state ending before it began), taken as 0: %d"
+                     % rec["impossible_durations"])
     lines.append("  lost: %s" % (", ".join("%s %d" % kv for kv in lost.items()) or "none"))
     return "\n".join(lines) + "\n"

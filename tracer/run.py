@@ -10,6 +10,7 @@ few seconds, stop cleanly on a signal or when --duration runs out.
 import os
 import signal
 import sys
+import threading
 import time
 
 from . import records
@@ -17,7 +18,8 @@ from .backend import Failure, open_backend
 from .filters import Filter
 
 POLL_S = 0.05          # quiet-host latency: records reach the output within this
-RECONCILE_S = 5.0      # how often stories are checked against the kernel's sockets
+RECONCILE_S = float(os.environ.get("SOCKTRACE_RECONCILE_S", 5.0))
+                       # how often stories are checked against the kernel's sockets
 BUSY_BATCH = 2048      # a read this large means more is waiting: read again now
 
 
@@ -31,6 +33,48 @@ class _Flags:
 
     def on_dump(self, signum, frame):
         self.dump = True
+
+
+class Reconciler(threading.Thread):
+    """backend.reconcile() every RECONCILE_S seconds, in a thread of its
+    own: on a host with 100k sockets one takes about half a second, which
+    the reading loop must not wait for (the ring buffer would fill).  Its
+    records are picked up by the loop (take()); at least twenty times as
+    long as the last one took passes between two, so it costs at most a
+    twentieth of a core."""
+
+    def __init__(self, backend):
+        super().__init__(name="socktrace-reconcile", daemon=True)
+        self.backend = backend
+        self.records = []
+        self.error = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    def run(self):
+        wait = RECONCILE_S
+        while not self._done.wait(wait):
+            t0 = time.monotonic()
+            try:
+                got = self.backend.reconcile()
+            except Exception as e:          # reported by the loop, as one line
+                self.error = e
+                return
+            with self._lock:
+                self.records += got
+            wait = max(RECONCILE_S, 20 * (time.monotonic() - t0))
+
+    def take(self):
+        if self.error is not None:
+            raise Failure("reconciling with the kernel's sockets failed: %s" % self.error)
+        with self._lock:
+            out, self.records = self.records, []
+        return out
+
+    def stop(self):
+        self._done.set()
+        if self.is_alive():
+            self.join()
 
 
 def summary(backend, ts, received, lost_total):
@@ -77,7 +121,7 @@ def run(args, ports=(), lports=(), rports=()):
     now = time.monotonic()
     deadline = now + args.duration if args.duration else None
     next_dump = now + args.dump_every if args.dump_every else None
-    next_reconcile = now + RECONCILE_S
+    reconciler = Reconciler(backend)
 
     def write(recs):
         if want is not None:
@@ -104,6 +148,7 @@ def run(args, ports=(), lports=(), rports=()):
         return n
 
     final = None
+    reconciler.start()
     try:
         try:
             while not flags.stop:
@@ -111,12 +156,9 @@ def run(args, ports=(), lports=(), rports=()):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                if now >= next_reconcile:
-                    next_reconcile = now + RECONCILE_S
-                    if "closed" in types:
-                        write(backend.reconcile())
-                    else:
-                        backend.reconcile()
+                ended = reconciler.take()
+                if ended and "closed" in types:
+                    write(ended)
                 if flags.dump or (next_dump is not None and now >= next_dump):
                     flags.dump = False
                     if next_dump is not None:
@@ -140,6 +182,7 @@ def run(args, ports=(), lports=(), rports=()):
         if final is None and not args.no_report:
             final = summary(backend, fmt.ts(time.monotonic_ns()), received[0], lost_total)
     finally:
+        reconciler.stop()
         backend.close()
         sink.close()
     if not args.no_report:

@@ -6,14 +6,15 @@ and checks sizes and every offset, so the two cannot drift apart silently.
 The enums are not copied at all: they are read from the header, which stays
 their only definition.
 
->>> STATE.size, CLOSED.size
-(96, 240)
+>>> STATE.size, CLOSED.size, STORY.size, SEED.size
+(96, 240, 256, 72)
 >>> OWNER_FROM[1], REASON[2], VIA[1], END[3], ROLE[1]
 ('connect', 'reused', 'timer', 'cancelled', 'client')
 """
 
 import re
 import struct
+from collections import namedtuple
 from pathlib import Path
 
 
@@ -57,7 +58,8 @@ END = _enum("ST_END_")
 FLAGS = {v: k for k, v in _enum("ST_F_").items()}
 COUNTERS = _enum("ST_CNT_")
 # counters that count records sent, not losses
-SENT_COUNTERS = ("derived_sent", "state_sent", "closed_sent", "recovered", "self", "handoff")
+SENT_COUNTERS = ("derived_sent", "state_sent", "closed_sent", "recovered", "self", "handoff",
+                 "impossible")
 # what becomes a ``lost`` record: the header's loss counters and the
 # kernel's skipped program runs (recovered is taken off missed)
 LOSS_COUNTERS = tuple(n for n in COUNTERS.values() if n not in SENT_COUNTERS) + (
@@ -80,10 +82,26 @@ CLOSED_FIELDS = (
     "sport", "dport", "error", "family", "owner_from", "role", "flags", "end",
     "reason", "path_len", "pad", "path", "comm",
 )
+STORY = struct.Struct("<QQQ%dQQQ16s16sHHIIBBBBBBBB%ds%ds4x"
+                      % (NR_STATES, PATH_LEN, COMM_LEN))
+STORY_FIELDS = (
+    "conn", "start_ns", "ts", "spent", "deadline", "len_j", "saddr", "daddr",
+    "sport", "dport", "pid", "netns", "family", "owner_from", "role", "flags",
+    "state", "cur_lower", "path_len", "pad", "path", "comm",
+)
+Story = namedtuple("Story", STORY_FIELDS)
 SEED = struct.Struct("<Q16s16sHHIBBBBB3s%ds" % COMM_LEN)
 SEED_FIELDS = ("since_ns", "saddr", "daddr", "sport", "dport", "pid", "family",
                "owner_from", "role", "flags", "state", "pad", "comm")
 SIZES = {KIND_STATE: STATE.size, KIND_CLOSED: CLOSED.size}
+Seed = namedtuple("Seed", SEED_FIELDS)
+
+
+def stories(data):
+    """st_story values back to back (a map's batch read) -> [Story]."""
+    n = NR_STATES
+    return [Story._make(t[:3] + (t[3:3 + n],) + t[3 + n:])
+            for t in STORY.iter_unpack(data)]
 
 
 def unpack_closed(buf, off=0):
