@@ -23,7 +23,7 @@ import socket
 import struct
 import time
 
-from . import hist, records, spec, states, wire
+from . import hist, records, states, wire
 from .backend import Backend, Failure, Unavailable
 from .filters import Filter
 
@@ -561,22 +561,17 @@ class BpfBackend(Backend):
                 in_state = age = None
                 lower, estimate = True, False
             else:
-                pid, comm = v.pid, bytes(v.comm)
+                pid, comm = v.pid, v.comm
                 owner_from = wire.OWNER_FROM[v.owner_from]
                 role = records._ROLE[v.role]
                 in_state = now - since if since is not None else None
                 age = now - start
                 lower = bool(flags & _F_LOWER)
                 estimate = bool(flags & _F_ESTIMATE) and getattr(v, "cur_lower", 1) == 1
-            out.append({
-                "type": "socket", "ts": ts, "conn": "%x" % conn, "family": r.family,
-                "laddr": r.laddr, "lport": r.lport, "raddr": r.raddr, "rport": r.rport,
-                "state": states.NAMES[r.state], "in_state_ns": in_state, "age_ns": age,
-                "lower_bound": lower, "estimate": estimate,
-                "pid": pid or None, "comm": self._fmt.comm(comm) if pid else None,
-                "owner_from": owner_from, "role": role,
-                "source": "bpf", "approx": False,
-            })
+            out.append(records.socket_record(
+                ts, ("%x" % conn, r.family, r.laddr, r.lport, r.raddr, r.rport),
+                (pid or None, self._fmt.comm(comm) if pid else None, owner_from, role),
+                states.NAMES[r.state], in_state, age, lower, estimate, "bpf", False))
         return out
 
     def reconcile(self):
@@ -619,27 +614,18 @@ class BpfBackend(Backend):
     def _vanished(self, v, where, key, now):
         """A closed record for a story whose end the kernel never showed us."""
         seed = where == "seeds"
+        fmt = self._rfmt
         start = v.since_ns if seed else v.start_ns
-        since = v.since_ns if seed else v.ts
         spent = [0] * wire.NR_STATES if seed else list(v.spent)
-        spent[v.state] += now - since
-        path = ([] if seed else list(v.path)[:v.path_len]) + [v.state]
-        fam = v.family
-        pid = v.pid
-        return {
-            "type": "closed", "ts": self._rfmt.ts(now), "conn": "%x" % (key if seed else v.conn),
-            "family": fam, "laddr": self._rfmt.addr(fam, bytes(v.saddr)), "lport": v.sport,
-            "raddr": self._rfmt.addr(fam, bytes(v.daddr)), "rport": v.dport,
-            "pid": pid or None, "comm": self._rfmt.comm(bytes(v.comm)) if pid else None,
-            "owner_from": wire.OWNER_FROM[v.owner_from], "role": records._ROLE[v.role],
-            "start_ts": self._rfmt.ts(start), "lifetime_ns": max(0, now - start),
-            "states": {name: spent[states.NUMBERS[name]] for name in spec.TIMED_STATES},
-            "path": [states.NAMES[s] for s in path] + ["CLOSE"],
-            "closed_first": records.closed_first([states.NAMES[s] for s in path]),
-            "end": "unknown", "error": None, "reason": None,
-            "lower_bound": bool(v.flags & _F_LOWER) or seed,
-            "source": "bpf", "approx": False,
-        }
+        spent[v.state] += max(0, now - (v.since_ns if seed else v.ts))
+        path = ([] if seed else list(v.path[:v.path_len])) + [v.state]
+        fam, pid = v.family, v.pid
+        tup = ("%x" % (key if seed else v.conn), fam, fmt.addr(fam, v.saddr), v.sport,
+               fmt.addr(fam, v.daddr), v.dport)
+        owner = (pid or None, fmt.comm(v.comm) if pid else None,
+                 wire.OWNER_FROM[v.owner_from], records._ROLE[v.role])
+        return records.closed_record(fmt, now, tup, owner, start, spent, path, "unknown", None,
+                                     None, bool(v.flags & _F_LOWER) or seed, "bpf", False)
 
     def report(self):
         """The exit report's figures, from the kernel's own tallies."""

@@ -212,6 +212,14 @@ class _Sock:
             self.deadline = t_read + ps.time_left_ns
             self.estimate = baseline
 
+    @property
+    def tup(self):
+        return (self.conn, self.family, self.laddr, self.lport, self.raddr, self.rport)
+
+    @property
+    def owner(self):
+        return (self.pid, self.comm, self.owner_from, self.role)
+
     def leave(self, until):
         """Account the time in the current state up to *until*; returns it."""
         spent = until - self.since
@@ -315,27 +323,9 @@ class ProcBackend(Backend):
         out = []
         for fam in (4, 6):
             for s in self._socks[fam].values():
-                out.append({
-                    "type": "socket",
-                    "ts": ts,
-                    "conn": s.conn,
-                    "family": s.family,
-                    "laddr": s.laddr,
-                    "lport": s.lport,
-                    "raddr": s.raddr,
-                    "rport": s.rport,
-                    "state": _NAMES[s.state],
-                    "in_state_ns": max(0, now - s.since),
-                    "age_ns": max(0, now - s.start),
-                    "lower_bound": s.lower_bound,
-                    "estimate": s.estimate,
-                    "pid": s.pid,
-                    "comm": s.comm,
-                    "owner_from": s.owner_from,
-                    "role": s.role,
-                    "source": SOURCE,
-                    "approx": True,
-                })
+                out.append(records.socket_record(
+                    ts, s.tup, s.owner, _NAMES[s.state], max(0, now - s.since),
+                    max(0, now - s.start), s.lower_bound, s.estimate, SOURCE, True))
         return out
 
     def report(self):
@@ -538,35 +528,12 @@ class ProcBackend(Backend):
         out.append(self._state(s, old, _CLOSE, in_old, lower, now, reason))
         if s.role == "listener":
             return
-        path = [_NAMES[n] for n in s.path]
-        path.append("CLOSE")
         spent = s.spent
-        fmt = self._fmt
-        out.append({
-            "type": "closed",
-            "ts": fmt.ts(now),
-            "conn": s.conn,
-            "family": s.family,
-            "laddr": s.laddr,
-            "lport": s.lport,
-            "raddr": s.raddr,
-            "rport": s.rport,
-            "pid": s.pid,
-            "comm": s.comm,
-            "owner_from": s.owner_from,
-            "role": s.role,
-            "start_ts": fmt.ts(s.start),
-            "lifetime_ns": max(0, now - s.start),
-            "states": {name: spent.get(num, 0) for name, num in _TIMED},
-            "path": path,
-            "closed_first": records.closed_first(path),
-            "end": "normal" if s.path[-1] in _BOTH_FINS else "unknown",
-            "error": None,
-            "reason": reason,
-            "lower_bound": s.lower_bound,
-            "source": SOURCE,
-            "approx": True,
-        })
+        out.append(records.closed_record(
+            self._fmt, now, s.tup, s.owner, s.start,
+            {num: spent.get(num, 0) for _, num in _TIMED}, s.path,
+            "normal" if s.path[-1] in _BOTH_FINS else "unknown", None, reason,
+            s.lower_bound, SOURCE, True))
 
     def _state(self, s, old, new, in_old, lower, now, reason):
         """A state record, counted for report()."""
@@ -581,25 +548,5 @@ class ProcBackend(Backend):
             if in_old > h[1]:
                 h[1] = in_old
             h[2] += 1
-        return {
-            "type": "state",
-            "ts": self._fmt.ts(now),
-            "conn": s.conn,
-            "family": s.family,
-            "laddr": s.laddr,
-            "lport": s.lport,
-            "raddr": s.raddr,
-            "rport": s.rport,
-            "old": _NAMES[old],
-            "new": _NAMES[new],
-            "in_old_ns": in_old,
-            "lower_bound": lower,
-            "pid": s.pid,
-            "comm": s.comm,
-            "owner_from": s.owner_from,
-            "role": s.role,
-            "via": None,
-            "reason": reason,
-            "source": SOURCE,
-            "approx": True,
-        }
+        return records.state_record(self._fmt.ts(now), s.tup, s.owner, _NAMES[old],
+                                    _NAMES[new], in_old, lower, None, reason, SOURCE, True)

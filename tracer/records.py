@@ -111,31 +111,54 @@ def errno_name(num):
     return errno.errorcode.get(num, "E%d" % num)
 
 
-def state(fmt, t, source="bpf"):
-    """A st_state tuple (wire.STATE_FIELDS order) -> a state record."""
-    (_, pid, ts_ns, conn, in_old, saddr, daddr, sport, dport, family, old, new,
-     owner_from, role, flags, reason, via, comm) = t
+# -- the three record types about a connection, built in one place each ------
+#
+# tup: (conn, family, laddr, lport, raddr, rport); owner: (pid, comm,
+# owner_from, role).  Both backends and the reconciliation build their
+# records with these; tracer/spec.py is the order, tests check it.
+
+def state_record(ts, tup, owner, old, new, in_old_ns, lower_bound, via, reason, source,
+                 approx):
+    conn, family, laddr, lport, raddr, rport = tup
+    pid, comm, owner_from, role = owner
     return {
-        "type": "state",
-        "ts": fmt.ts(ts_ns),
-        "conn": "%x" % conn,
-        "family": family,
-        "laddr": fmt.addr(family, saddr),
-        "lport": sport,
-        "raddr": fmt.addr(family, daddr),
-        "rport": dport,
-        "old": _NAMES[old],
-        "new": _NAMES[new],
-        "in_old_ns": in_old if flags & _F_IN_OLD else None,
-        "lower_bound": bool(flags & _F_LOWER),
-        "pid": pid or None,
-        "comm": fmt.comm(comm) if pid else None,
-        "owner_from": _OWNER[owner_from],
-        "role": _ROLE[role],
-        "via": _VIA[via],
-        "reason": _REASON[reason],
-        "source": source,
-        "approx": False,
+        "type": "state", "ts": ts, "conn": conn, "family": family, "laddr": laddr,
+        "lport": lport, "raddr": raddr, "rport": rport, "old": old, "new": new,
+        "in_old_ns": in_old_ns, "lower_bound": lower_bound, "pid": pid, "comm": comm,
+        "owner_from": owner_from, "role": role, "via": via, "reason": reason,
+        "source": source, "approx": approx,
+    }
+
+
+def closed_record(fmt, ts_ns, tup, owner, start_ns, spent, path, end, error, reason,
+                  lower_bound, source, approx):
+    """*spent*: ns by state number (any mapping or sequence); *path*: the
+    state numbers left, in order (CLOSE is added)."""
+    conn, family, laddr, lport, raddr, rport = tup
+    pid, comm, owner_from, role = owner
+    names = [_NAMES[s] for s in path]
+    names.append("CLOSE")
+    return {
+        "type": "closed", "ts": fmt.ts(ts_ns), "conn": conn, "family": family,
+        "laddr": laddr, "lport": lport, "raddr": raddr, "rport": rport, "pid": pid,
+        "comm": comm, "owner_from": owner_from, "role": role,
+        "start_ts": fmt.ts(start_ns), "lifetime_ns": max(0, ts_ns - start_ns),
+        "states": {name: spent[num] for name, num in _TIMED},
+        "path": names, "closed_first": closed_first(names), "end": end, "error": error,
+        "reason": reason, "lower_bound": lower_bound, "source": source, "approx": approx,
+    }
+
+
+def socket_record(ts, tup, owner, state, in_state_ns, age_ns, lower_bound, estimate, source,
+                  approx):
+    conn, family, laddr, lport, raddr, rport = tup
+    pid, comm, owner_from, role = owner
+    return {
+        "type": "socket", "ts": ts, "conn": conn, "family": family, "laddr": laddr,
+        "lport": lport, "raddr": raddr, "rport": rport, "state": state,
+        "in_state_ns": in_state_ns, "age_ns": age_ns, "lower_bound": lower_bound,
+        "estimate": estimate, "pid": pid, "comm": comm, "owner_from": owner_from,
+        "role": role, "source": source, "approx": approx,
     }
 
 
@@ -148,37 +171,34 @@ def closed_first(path):
     return None
 
 
+# -- kernel records ------------------------------------------------------------
+
+def _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm, owner_from, role):
+    return (("%x" % conn, family, fmt.addr(family, saddr), sport, fmt.addr(family, daddr),
+             dport),
+            (pid or None, fmt.comm(comm) if pid else None, _OWNER[owner_from], _ROLE[role]))
+
+
+def state(fmt, t, source="bpf"):
+    """A st_state tuple (wire.STATE_FIELDS order) -> a state record."""
+    (_, pid, ts_ns, conn, in_old, saddr, daddr, sport, dport, family, old, new,
+     owner_from, role, flags, reason, via, comm) = t
+    tup, owner = _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm,
+                      owner_from, role)
+    return state_record(fmt.ts(ts_ns), tup, owner, _NAMES[old], _NAMES[new],
+                        in_old if flags & _F_IN_OLD else None, bool(flags & _F_LOWER),
+                        _VIA[via], _REASON[reason], source, False)
+
+
 def closed(fmt, t, source="bpf"):
     """A st_closed tuple (wire.unpack_closed) -> a closed record."""
     (_, pid, ts_ns, conn, start_ns, spent, saddr, daddr, sport, dport, error,
      family, owner_from, role, flags, end, reason, path_len, _pad, path, comm) = t
-    names = [_NAMES[s] for s in path[:path_len]]
-    names.append("CLOSE")
-    return {
-        "type": "closed",
-        "ts": fmt.ts(ts_ns),
-        "conn": "%x" % conn,
-        "family": family,
-        "laddr": fmt.addr(family, saddr),
-        "lport": sport,
-        "raddr": fmt.addr(family, daddr),
-        "rport": dport,
-        "pid": pid or None,
-        "comm": fmt.comm(comm) if pid else None,
-        "owner_from": _OWNER[owner_from],
-        "role": _ROLE[role],
-        "start_ts": fmt.ts(start_ns),
-        "lifetime_ns": max(0, ts_ns - start_ns),
-        "states": {name: spent[num] for name, num in _TIMED},
-        "path": names,
-        "closed_first": closed_first(names),
-        "end": _END[end],
-        "error": errno_name(error),
-        "reason": _REASON[reason],
-        "lower_bound": bool(flags & _F_LOWER),
-        "source": source,
-        "approx": False,
-    }
+    tup, owner = _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm,
+                      owner_from, role)
+    return closed_record(fmt, ts_ns, tup, owner, start_ns, spent, path[:path_len], _END[end],
+                         errno_name(error), _REASON[reason], bool(flags & _F_LOWER), source,
+                         False)
 
 
 def walk(span):
