@@ -315,6 +315,27 @@ static __always_inline int wanted(const struct st_story *s)
 	return 1;
 }
 
+#ifndef ST_USE_PERFBUF
+/* No wake-up per record: user space reads on a short timer, which costs
+ * far less than a wake-up for every transition.  But every ST_WAKE_EVERY
+ * records of a CPU one does wake it, so that a burst (100k TIME_WAITs
+ * expiring at once) is read as it comes, not after the timer, by then
+ * perhaps past the ring's end. */
+#define ST_WAKE_EVERY	2048
+BPF_PERCPU_ARRAY(since_wake, __u32, ST_NR_SLOTS);
+
+static __always_inline __u64 wake_flag(int slot)
+{
+	__u32 *n = since_wake.lookup(&slot);
+
+	if (n && ++*n >= ST_WAKE_EVERY) {
+		*n = 0;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+#endif
+
 /* One transition's record: reserve, fill from the story, submit.  A full
  * buffer is counted so that user space can say exactly what was lost. */
 static __always_inline void emit_state(void *ctx, const struct st_story *s, __u64 ts,
@@ -360,9 +381,7 @@ static __always_inline void emit_state(void *ctx, const struct st_story *s, __u6
 		return;
 	}
 #else
-	/* No wake-up per record: user space polls on a short timer, which
-	 * costs far less than a wake-up for every transition. */
-	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	events.ringbuf_submit(e, wake_flag(slot));
 #endif
 	count(derived ? ST_CNT_DERIVED_SENT : ST_CNT_STATE_SENT, slot);
 #endif
@@ -445,7 +464,7 @@ static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u
 		return;
 	}
 #else
-	events.ringbuf_submit(c, BPF_RB_NO_WAKEUP);
+	events.ringbuf_submit(c, wake_flag(slot));
 #endif
 	count(ST_CNT_CLOSED_SENT, slot);
 #endif

@@ -14,6 +14,7 @@ tests/test_backends.py is the conformance test both pass.
                       or Failure (a run-time error: one line).
     read()            [state and closed records] that arrived since the last
                       call (may be empty; never blocks for long).
+    wait(seconds)     sleep until records may be waiting, at most *seconds*.
     lost()            {what: count} of new losses since the last call
                       (the ``what`` values of a lost record).
     sockets()         [socket records]: every TCP socket now, with its id,
@@ -30,6 +31,8 @@ tests/test_backends.py is the conformance test both pass.
     source            "bpf" or "proc", as in every record.
     notes             one-line caveats for stderr (degraded features).
 """
+
+import time
 
 
 class Failure(Exception):
@@ -56,6 +59,9 @@ class Backend:
 
     def lost(self):
         return {}
+
+    def wait(self, seconds):
+        time.sleep(seconds)
 
     def sockets(self):
         raise NotImplementedError

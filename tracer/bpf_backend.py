@@ -19,6 +19,7 @@ import errno
 import mmap
 import os
 import platform
+import select
 import socket
 import struct
 import time
@@ -129,6 +130,7 @@ class BpfBackend(Backend):
         self._suspects = set()       # reconcile(): stories missing from one dump          # one-line caveats for stderr (degraded features)
         self._bpf = None
         self._rb = None
+        self._epoll = None
         self._backup_link = None
         self._counters_seen = {}
         self._undecodable = 0
@@ -283,6 +285,10 @@ class BpfBackend(Backend):
             self._perf_lost = 0
         else:
             self._rb = _RingReader(self._bpf[b"events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE)
+            # edge-triggered: only the program's occasional wake-ups (see
+            # wake_flag) end a wait early, not every record in the ring
+            self._epoll = select.epoll()
+            self._epoll.register(self._bpf[b"events"].map_fd, select.EPOLLIN | select.EPOLLET)
         self._counters = self._bpf[b"counters"]
         self._native = self._native_formatter()
         if self._native is None:
@@ -382,6 +388,14 @@ class BpfBackend(Backend):
         self._bpf.perf_buffer_poll(timeout=0)
         out, self._pending = self._pending, []
         return b"".join(out)
+
+    def wait(self, seconds):
+        """Sleep at most *seconds*, less when the program says a batch of
+        records is waiting."""
+        if self._epoll is None:
+            time.sleep(seconds)
+        else:
+            self._epoll.poll(seconds)
 
     def read(self):
         """The records that arrived since the last call, as output dicts
@@ -658,6 +672,9 @@ class BpfBackend(Backend):
 
     def close(self):
         """Detach every program and free the maps (idempotent)."""
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
         if self._rb is not None:
             self._rb.close()
             self._rb = None

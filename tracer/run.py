@@ -166,8 +166,8 @@ def run(args, ports=(), lports=(), rports=()):
                     if "socket" in types:
                         write(backend.sockets())
                 if n < BUSY_BATCH:
-                    time.sleep(POLL_S if deadline is None else
-                               max(0.0, min(POLL_S, deadline - now)))
+                    backend.wait(POLL_S if deadline is None else
+                                 max(0.0, min(POLL_S, deadline - now)))
             pump()    # what arrived while we were stopping
             final = summary(backend, fmt.ts(time.monotonic_ns()), received[0], lost_total)
             if args.summary or "summary" in types:
