@@ -823,7 +823,8 @@ def _run(args, timeout=30, **kw):
 
 @pytest.mark.parametrize("args", [["--bogus"], ["--port", "0"], ["--port", "http"], ["-4", "-6"],
                                   ["--state", "nonsense"], ["--duration", "0"], ["--duration=-1"],
-                                  ["--format", "xml"], ["--addr", "300.1.2.3"]])
+                                  ["--format", "xml"], ["--addr", "300.1.2.3"],
+                                  ["--records", "state,bogus"]])
 def test_cli_usage_error(args):
     r = _run(args)
     assert r.returncode == 2, (r.returncode, r.stderr)

@@ -126,8 +126,8 @@ class BpfBackend(Backend):
         self.pids = set(pids)
         self.timewait = timewait
         self.record_types = frozenset(record_types)
-        self.notes = []
-        self._suspects = set()       # reconcile(): stories missing from one dump          # one-line caveats for stderr (degraded features)
+        self.notes = []              # one-line caveats for stderr (degraded features)
+        self._suspects = set()       # reconcile(): stories missing from one dump
         self._bpf = None
         self._rb = None
         self._epoll = None
@@ -488,15 +488,11 @@ class BpfBackend(Backend):
                 self._counters_seen[name] = now[name]
         return new
 
-    def derived(self):
-        """How many derived records (ST_F_DERIVED) the kernel has submitted."""
-        return self.counters()["derived_sent"]
-
     # -- what the kernel knows now ----------------------------------------------
 
     def stats(self):
         """The kernel's tallies for the exit report: {"transitions":
-        {(old, new): n}, "durations": {state: hist counts}, "self": n}."""
+        {(old, new): n}, "durations": {state: hist counts}}."""
         ns = wire.NR_STATES
         per_slot = ns * ns
         trans = {}
@@ -513,8 +509,7 @@ class BpfBackend(Backend):
                           for slot in range(_NR_SLOTS)) for b in range(hist.BUCKETS)]
             if any(counts):
                 durations[states.NAMES[old]] = counts
-        return {"transitions": trans, "durations": durations,
-                "self": self.counters()["self"]}
+        return {"transitions": trans, "durations": durations}
 
     def stories(self):
         """What the kernel holds now: [(story, "socks" | "tws", map key)]

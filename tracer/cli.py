@@ -8,7 +8,7 @@ one-line message for anything the host or the user got wrong at run time.
 import argparse
 import sys
 
-from . import __version__, states
+from . import __version__, spec, states
 
 EPILOG = """\
 examples:
@@ -63,8 +63,8 @@ def _positive(kind):
     return conv
 
 
-RECORD_TYPES = ("state", "closed", "socket", "lost", "summary")
-DEFAULT_RECORDS = ("state", "closed", "socket", "lost")
+RECORD_TYPES = spec.RECORD_TYPES
+DEFAULT_RECORDS = tuple(t for t in RECORD_TYPES if t != "summary")
 
 
 def _records(text):
