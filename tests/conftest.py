@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -130,6 +131,31 @@ def pytest_runtest_setup(item):
             pytest.fail("TIME_WAIT table still full after %.0f s (%s of %s): the kernel "
                         "skips TIME_WAIT; is a storm running?" % ((TW_DRAIN_TIMEOUT,) + room),
                         pytrace=False)
+
+
+@pytest.fixture
+def readable_checkout():
+    """Tests that start a process as ``nobody`` need it to read the checkout
+    and its venv; a clone in a ``mktemp -d`` folder (0700), or under /root,
+    is not readable by other users.  For the test's duration every directory
+    above the checkout that others cannot traverse gets o+x, and gets its
+    mode back afterwards.  (The clone's own files are 0644 and 0755.)"""
+    changed = []
+    path = ROOT
+    try:
+        while True:
+            mode = os.stat(path).st_mode
+            if not mode & stat.S_IXOTH:
+                os.chmod(path, stat.S_IMODE(mode) | stat.S_IXOTH)
+                changed.append((path, stat.S_IMODE(mode)))
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        yield
+    finally:
+        for path, mode in reversed(changed):
+            os.chmod(path, mode)
 
 
 @pytest.fixture(name="require_bpf")

@@ -846,7 +846,7 @@ def test_cli_unwritable_output():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run socktrace as nobody")
-def test_cli_not_root():
+def test_cli_not_root(readable_checkout):
     runas = None
     if shutil.which("setpriv"):
         runas = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]

@@ -1091,7 +1091,7 @@ def _as_nobody(argv, **kw):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody "
                     "(as non-root, test_live_loopback already runs unprivileged)")
-def test_live_unprivileged(tmp_path):
+def test_live_unprivileged(tmp_path, readable_checkout):
     if not shutil.which("setpriv"):
         pytest.skip("setpriv not installed")
     outdir = tempfile.mkdtemp(prefix="socktrace-nobody-")
