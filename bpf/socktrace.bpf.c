@@ -99,7 +99,9 @@ BPF_HASH(tws, __u64, struct st_story, ST_MAX_SOCKS);
 BPF_PERCPU_ARRAY(scratch, struct st_story, 3);
 
 /* Sockets older than us, by cookie (user space fills it at start). */
-BPF_HASH(seeds, __u64, struct st_seed, ST_MAX_SOCKS);
+/* Not preallocated: filled once at start, emptied as they are taken, and
+ * most hosts have far fewer sockets than ST_MAX_SOCKS. */
+BPF_F_TABLE("hash", __u64, struct st_seed, seeds, ST_MAX_SOCKS, BPF_F_NO_PREALLOC);
 
 /* Own connection ids, per CPU and slot: see new_conn(). */
 BPF_PERCPU_ARRAY(conn_seq, __u64, 2);
