@@ -168,6 +168,10 @@ def run(args, ports=(), lports=(), rports=()):
                 if n < BUSY_BATCH:
                     backend.wait(POLL_S if deadline is None else
                                  max(0.0, min(POLL_S, deadline - now)))
+            reconciler.stop()
+            ended = reconciler.take()     # what it ended since the last look
+            if ended and "closed" in types:
+                write(ended)
             pump()    # what arrived while we were stopping
             final = summary(backend, fmt.ts(time.monotonic_ns()), received[0], lost_total)
             if args.summary or "summary" in types:
