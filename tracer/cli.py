@@ -18,8 +18,8 @@ examples:
   socktrace --state close-wait      only transitions into or out of CLOSE_WAIT
   socktrace --pid 1234 --duration 60   one process, for a minute
   socktrace -6 --addr 2001:db8::/32    IPv6 peers in a network
-  socktrace --dump-every 10         also the whole socket table every 10 s
-  kill -USR1 $(pidof -x socktrace)  dump the socket table now
+  socktrace --dump-every 10         also every socket, with ids and ages, every 10 s
+  kill -USR1 $(pidof -x socktrace)  dump every socket now
   socktrace --records closed        one record per connection, as tcplife
   socktrace | jq -c 'select(.new=="TIME_WAIT")'
 
@@ -123,7 +123,7 @@ def build_parser():
     p.add_argument("--interval", type=_positive(float), default=1.0, metavar="SECONDS",
                    help="proc backend poll interval (default 1)")
     p.add_argument("--dump-every", type=_positive(float), metavar="SECONDS",
-                   help="write the socket table every N seconds (also on SIGUSR1)")
+                   help="write every socket every N seconds (also on SIGUSR1)")
     p.add_argument("--records", type=_records, metavar="TYPE[,TYPE]",
                    default=list(DEFAULT_RECORDS),
                    help="record types to write: state, closed, socket, lost, summary "

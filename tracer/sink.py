@@ -78,7 +78,7 @@ class JsonSink:
             self.out.write(self.encode(records))
 
     def write_bytes(self, data):
-        """Lines already encoded (tracer/_native.c writes them itself)."""
+        """Lines already encoded (tracer/_fmt.c writes them itself)."""
         if data:
             self.out.write(data)
 
