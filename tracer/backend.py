@@ -29,6 +29,7 @@ tests/test_backends.py is the conformance test both pass.
     close()           detach / forget; idempotent.
 
     source            "bpf" or "proc", as in every record.
+    threadsafe_dumps  sockets() may run in another thread while read() runs.
     notes             one-line caveats for stderr (degraded features).
 """
 
@@ -47,6 +48,7 @@ class Backend:
     """The interface (see the module docstring); both backends subclass it."""
 
     source = None
+    threadsafe_dumps = False
 
     def __init__(self):
         self.notes = []

@@ -115,6 +115,7 @@ class BpfBackend(Backend):
     """The kernel's finished records (the interface: tracer/backend.py)."""
 
     source = "bpf"
+    threadsafe_dumps = True          # sockets() reads only the kernel (own caches)
 
     def __init__(self, max_socks=DEFAULT_MAX_SOCKS, ringbuf_mb=DEFAULT_RINGBUF_MB,
                  family=None, ports=(), lports=(), rports=(), pids=(),
@@ -135,8 +136,10 @@ class BpfBackend(Backend):
         self._counters_seen = {}
         self._undecodable = 0
         self._fmt = records.Formatter()
-        # reconcile() may run in a thread of its own (run.py): its own caches
+        # reconcile() and sockets() may run in threads of their own (run.py):
+        # their own caches
         self._rfmt = records.Formatter()
+        self._dfmt = records.Formatter()
         # sock_diag's rows as read once the programs were attached
         self.start_sockets = None
 
@@ -522,10 +525,10 @@ class BpfBackend(Backend):
         seeds = dict(zip(keys, map(wire.Seed._make, wire.SEED.iter_unpack(data))))
         return out, seeds
 
-    def _tuple(self, v):
+    @staticmethod
+    def _tuple(v, fmt):
         fam = v.family
-        return (fam, self._fmt.addr(fam, bytes(v.saddr)), v.sport,
-                self._fmt.addr(fam, bytes(v.daddr)), v.dport)
+        return (fam, fmt.addr(fam, v.saddr), v.sport, fmt.addr(fam, v.daddr), v.dport)
 
     def _dump(self):
         from . import sockdiag
@@ -543,8 +546,8 @@ class BpfBackend(Backend):
         rows, _ = self._dump()
         now = time.monotonic_ns()
         found, seeds = self.stories()
-        by_tuple = {self._tuple(v): v for v, _, _ in found}
-        ts = self._fmt.ts(now)
+        by_tuple = {self._tuple(v, self._dfmt): v for v, _, _ in found}
+        ts = self._dfmt.ts(now)
         out = []
         unknown = [r for r in rows if (r.family, r.laddr, r.lport, r.raddr, r.rport)
                    not in by_tuple and r.cookie not in seeds]
@@ -579,7 +582,7 @@ class BpfBackend(Backend):
                 estimate = bool(flags & _F_ESTIMATE) and getattr(v, "cur_lower", 1) == 1
             out.append(records.socket_record(
                 ts, ("%x" % conn, r.family, r.laddr, r.lport, r.raddr, r.rport),
-                (pid or None, self._fmt.comm(comm) if pid else None, owner_from, role),
+                (pid or None, self._dfmt.comm(comm) if pid else None, owner_from, role),
                 states.NAMES[r.state], in_state, age, lower, estimate, "bpf", False))
         return out
 

@@ -35,44 +35,55 @@ class _Flags:
         self.dump = True
 
 
-class Reconciler(threading.Thread):
-    """backend.reconcile() every RECONCILE_S seconds, in a thread of its
-    own: on a host with 100k sockets one takes about half a second, which
-    the reading loop must not wait for (the ring buffer would fill).  Its
-    records are picked up by the loop (take()); at least twenty times as
-    long as the last one took passes between two, so it costs at most a
-    twentieth of a core."""
+class Background(threading.Thread):
+    """A backend job that reads the kernel's whole socket list (reconcile(),
+    sockets()), in a thread of its own: on a host with 100k sockets one
+    takes about half a second, which the reading loop must not wait for
+    (the ring buffer would fill).  It runs every *every* seconds, or when
+    asked (request()); at least twenty times as long as the last run took
+    passes between two periodic ones, so it costs at most a twentieth of a
+    core.  The loop picks its records up with take()."""
 
-    def __init__(self, backend):
-        super().__init__(name="socktrace-reconcile", daemon=True)
-        self.backend = backend
+    def __init__(self, name, job, every=None):
+        super().__init__(name="socktrace-" + name, daemon=True)
+        self.what, self.job, self.every = name, job, every
         self.records = []
         self.error = None
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._asked = threading.Event()
 
     def run(self):
-        wait = RECONCILE_S
-        while not self._done.wait(wait):
+        wait = self.every
+        while not self._done.is_set():
+            self._asked.wait(wait)
+            self._asked.clear()
+            if self._done.is_set():
+                return
             t0 = time.monotonic()
             try:
-                got = self.backend.reconcile()
+                got = self.job()
             except Exception as e:          # reported by the loop, as one line
                 self.error = e
                 return
             with self._lock:
                 self.records += got
-            wait = max(RECONCILE_S, 20 * (time.monotonic() - t0))
+            if self.every is not None:
+                wait = max(self.every, 20 * (time.monotonic() - t0))
+
+    def request(self):
+        self._asked.set()
 
     def take(self):
         if self.error is not None:
-            raise Failure("reconciling with the kernel's sockets failed: %s" % self.error)
+            raise Failure("%s failed: %s" % (self.what, self.error))
         with self._lock:
             out, self.records = self.records, []
         return out
 
     def stop(self):
         self._done.set()
+        self._asked.set()
         if self.is_alive():
             self.join()
 
@@ -121,7 +132,12 @@ def run(args, ports=(), lports=(), rports=()):
     now = time.monotonic()
     deadline = now + args.duration if args.duration else None
     next_dump = now + args.dump_every if args.dump_every else None
-    reconciler = Reconciler(backend)
+    reconciler = Background("reconciling with the kernel's sockets", backend.reconcile,
+                            every=RECONCILE_S)
+    # the eBPF backend's dump reads only the kernel; the proc backend's reads
+    # the memory its polls update, so it stays in this thread
+    dumper = (Background("listing sockets", backend.sockets)
+              if backend.threadsafe_dumps else None)
 
     def write(recs):
         if want is not None:
@@ -149,6 +165,8 @@ def run(args, ports=(), lports=(), rports=()):
 
     final = None
     reconciler.start()
+    if dumper is not None:
+        dumper.start()
     try:
         try:
             while not flags.stop:
@@ -163,15 +181,23 @@ def run(args, ports=(), lports=(), rports=()):
                     flags.dump = False
                     if next_dump is not None:
                         next_dump = now + args.dump_every
-                    if "socket" in types:
+                    if "socket" not in types:
+                        pass
+                    elif dumper is not None:
+                        dumper.request()
+                    else:
                         write(backend.sockets())
+                if dumper is not None:
+                    write(dumper.take())
                 if n < BUSY_BATCH:
                     backend.wait(POLL_S if deadline is None else
                                  max(0.0, min(POLL_S, deadline - now)))
-            reconciler.stop()
-            ended = reconciler.take()     # what it ended since the last look
-            if ended and "closed" in types:
-                write(ended)
+            for job in (reconciler, dumper):
+                if job is not None:
+                    job.stop()            # and what it made since the last look:
+                    got = job.take()
+                    if got and (job is dumper or "closed" in types):
+                        write(got)
             pump()    # what arrived while we were stopping
             final = summary(backend, fmt.ts(time.monotonic_ns()), received[0], lost_total)
             if args.summary or "summary" in types:
@@ -186,7 +212,9 @@ def run(args, ports=(), lports=(), rports=()):
         if final is None and not args.no_report:
             final = summary(backend, fmt.ts(time.monotonic_ns()), received[0], lost_total)
     finally:
-        reconciler.stop()
+        for job in (reconciler, dumper):
+            if job is not None:
+                job.stop()
         backend.close()
         sink.close()
     if not args.no_report:
