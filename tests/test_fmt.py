@@ -563,3 +563,24 @@ def test_unconfigured():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_committed_matches_the_python_reader():
+    """_fmt.committed, which the ring reader uses when it is built, stops
+    where tracer.bpf_backend.committed does: at the first BUSY record, or
+    one that does not fit, on spans cut anywhere."""
+    from tracer.bpf_backend import committed
+
+    rng = random.Random(7)
+    recs = [wire.STATE.pack(wire.KIND_STATE, 1, i, i, 0, bytes(16), bytes(16), 1, 2, 4,
+                            7, 2, 1, 1, 0, 0, 0, b"x") for i in range(40)]
+    for trial in range(300):
+        out = bytearray()
+        busy_at = rng.randrange(60)
+        for i, r in enumerate(recs):
+            length = len(r) | (BUSY if i == busy_at else 0) | (DISCARD if i % 7 == 3 else 0)
+            out += HDR.pack(length, 0) + r + bytes(-len(r) % 8)
+        cut = rng.randrange(len(out) + 1)
+        span = bytes(out[:cut])
+        assert _fmt.committed(span) == committed(span), (trial, cut, busy_at)
+    assert _fmt.committed(b"") == 0 and _fmt.committed(b"\x01") == 0

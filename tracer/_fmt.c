@@ -896,6 +896,37 @@ static PyObject *fmt_format(PyObject *self, PyObject *arg)
 	return Py_BuildValue("(Nn)", bytes, bad);
 }
 
+/* How many bytes of a ring buffer's unread span hold committed records:
+ * headers are followed up to the first record a producer has reserved
+ * but not yet committed (BUSY), or one that does not fit in the span.
+ * The reader releases that much to the producers.  A loop per record in
+ * Python cost 0.17 us a record, a third of the consumer's time. */
+static PyObject *fmt_committed(PyObject *self, PyObject *arg)
+{
+	Py_buffer view;
+	size_t off = 0, end;
+	const char *p;
+
+	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+		return NULL;
+	p = view.buf;
+	end = (size_t)view.len;
+	while (off + 8 <= end) {
+		__u32 length;
+		size_t next;
+
+		memcpy(&length, p + off, 4);
+		if (length & BUSY)
+			break;
+		next = (off + 8 + (length & ~(BUSY | DISCARD)) + 7) & ~(size_t)7;
+		if (next > end)
+			break;
+		off = next;
+	}
+	PyBuffer_Release(&view);
+	return PyLong_FromSize_t(off);
+}
+
 /* For tests/test_fmt.py: no line may be longer than these. */
 static PyObject *fmt_bounds(PyObject *self, PyObject *unused)
 {
@@ -920,6 +951,8 @@ PyDoc_STRVAR(format_doc,
 static PyMethodDef methods[] = {
 	{"configure", fmt_configure, METH_VARARGS, configure_doc},
 	{"format", fmt_format, METH_O, format_doc},
+	{"committed", fmt_committed, METH_O,
+	 "committed(span) -> bytes of it that hold committed records"},
 	{"_bounds", fmt_bounds, METH_NOARGS, "(state, closed): longest line of each"},
 	{NULL},
 };
@@ -931,7 +964,9 @@ static struct PyModuleDef module = {
 	"tables a dict: states (sequence of str|None by state number),\n"
 	"owner_from/role/reason/via/end ({int 0..255: str|None}), errno\n"
 	"({int 1..255: str}), timed (sequence of (str, int) pairs), source (str).\n"
-	"format(span) -> (bytes, undecodable count).",
+	"format(span) -> (bytes, undecodable count).\n"
+	"committed(span) -> bytes of a ring buffer's unread span, up to the first\n"
+	"record not yet committed.",
 	-1, methods,
 };
 
