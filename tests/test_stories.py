@@ -353,3 +353,47 @@ def test_a_story_whose_socket_vanished_unseen_is_ended(tmp_path):
     assert (closed["lport"], closed["rport"]) == (key[1], port), closed
     assert not [e for e in later if e.get("type") == "socket" and e["conn"] == cookie], (
         "a stale row stayed")
+
+
+def test_a_connect_that_hangs_keeps_its_story(tmp_path):
+    """A client waits in SYN_SENT (its SYNs dropped by a full backlog)
+    across several reconciliations and dumps: its story has no local port
+    yet, which must not make it look gone.  Dumps show it under its id, and
+    closing it ends it once, as cancelled."""
+    trace = start_socktrace(str(tmp_path / "hang.ndjson"),
+                            ["--dump-every", "0.3", "--pid", str(os.getpid())],
+                            env={"SOCKTRACE_RECONCILE_S": "0.3"})
+    ls, fillers = _full_listener()
+    try:
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(ls.getsockname())
+        except BlockingIOError:
+            pass
+        cport, port = c.getsockname()[1], ls.getsockname()[1]
+        m = trace.mark()
+        time.sleep(2.0)                 # several reconciliations and dumps
+        during = trace.events(m)
+        c.close()
+
+        def ended(evs):
+            return [e for e in evs if e.get("type") == "closed" and e["rport"] == port
+                    and e["lport"] == cport]
+        (closed,) = trace.wait_for(ended, what="the cancelled connect's end")
+        evs = trace.events()
+    finally:
+        trace.stop()
+        ls.close()
+        for f in fillers:
+            f.close()
+    assert trace.rc == 0, trace.stderr()
+    (start,) = [e for e in evs if e.get("type") == "state" and e["conn"] == closed["conn"]
+                and e["new"] == "SYN_SENT"]
+    assert closed["end"] == "cancelled" and closed["lifetime_ns"] >= 2e9, closed
+    assert not [e for e in during if e.get("type") == "closed" and e["rport"] == port], (
+        "reconciliation ended a connect still in progress")
+    dumped = [e for e in during if e.get("type") == "socket" and e["lport"] == cport
+              and e["rport"] == port]
+    assert dumped and all(e["conn"] == start["conn"] and e["state"] == "SYN_SENT"
+                          for e in dumped), dumped

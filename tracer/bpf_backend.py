@@ -548,6 +548,12 @@ class BpfBackend(Backend):
         now = time.monotonic_ns()
         found, seeds = self.stories()
         by_tuple = {self._tuple(v, self._dfmt): v for v, _, _ in found}
+        # a client still in SYN_SENT has local port 0 in its story (the port
+        # is chosen after CLOSE -> SYN_SENT): matched by its remote end, so
+        # two connects to one destination at once may swap ids in a dump
+        for (fam, laddr, lport, raddr, rport), v in list(by_tuple.items()):
+            if not lport:
+                by_tuple.setdefault(("connecting", fam, raddr, rport), v)
         ts = self._dfmt.ts(now)
         out = []
         unknown = [r for r in rows if (r.family, r.laddr, r.lport, r.raddr, r.rport)
@@ -556,6 +562,8 @@ class BpfBackend(Backend):
         listening = {(r.family, r.lport) for r in rows if r.state == states.LISTEN}
         for r in rows:
             v = by_tuple.get((r.family, r.laddr, r.lport, r.raddr, r.rport))
+            if v is None and r.state == states.SYN_SENT:
+                v = by_tuple.get(("connecting", r.family, r.raddr, r.rport))
             if v is None:
                 v = seeds.get(r.cookie)
                 conn = r.cookie
@@ -605,7 +613,9 @@ class BpfBackend(Backend):
         now = time.monotonic_ns()
         missing = set()
         for v, where, key in found:
-            if v.netns == netns and (v.family, v.sport, v.dport) not in present:
+            # a client still connecting has no local port in its story yet
+            # (it is chosen after CLOSE -> SYN_SENT): it cannot be matched
+            if v.netns == netns and v.sport and (v.family, v.sport, v.dport) not in present:
                 missing.add((where, key))
         for cookie in seeds:
             if cookie not in cookies:
