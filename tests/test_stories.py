@@ -94,11 +94,14 @@ def test_half_close_then_close_has_no_self_transition(trace):
 
 def _full_listener():
     """A listener whose accept queue is full (backlog 0, one connection not
-    accepted): the kernel drops further SYNs, as on an overloaded server."""
+    accepted): the kernel drops further SYNs, as on an overloaded server.
+    The fillers connect from 127.0.0.2, so that a test's own connect from
+    127.0.0.1 is the only one from there."""
     ls = listener(backlog=0)
     fillers = []
     for _ in range(2):
         f = socket.socket()
+        f.bind(("127.0.0.2", 0))
         f.setblocking(False)
         try:
             f.connect(ls.getsockname())

@@ -549,11 +549,12 @@ class BpfBackend(Backend):
         found, seeds = self.stories()
         by_tuple = {self._tuple(v, self._dfmt): v for v, _, _ in found}
         # a client still in SYN_SENT has local port 0 in its story (the port
-        # is chosen after CLOSE -> SYN_SENT): matched by its remote end, so
-        # two connects to one destination at once may swap ids in a dump
+        # is chosen after CLOSE -> SYN_SENT): matched by its addresses and
+        # remote port, so two connects from one address to one destination
+        # at once may swap ids in a dump
         for (fam, laddr, lport, raddr, rport), v in list(by_tuple.items()):
             if not lport:
-                by_tuple.setdefault(("connecting", fam, raddr, rport), v)
+                by_tuple.setdefault(("connecting", fam, laddr, raddr, rport), v)
         ts = self._dfmt.ts(now)
         out = []
         unknown = [r for r in rows if (r.family, r.laddr, r.lport, r.raddr, r.rport)
@@ -563,7 +564,7 @@ class BpfBackend(Backend):
         for r in rows:
             v = by_tuple.get((r.family, r.laddr, r.lport, r.raddr, r.rport))
             if v is None and r.state == states.SYN_SENT:
-                v = by_tuple.get(("connecting", r.family, r.raddr, r.rport))
+                v = by_tuple.get(("connecting", r.family, r.laddr, r.raddr, r.rport))
             if v is None:
                 v = seeds.get(r.cookie)
                 conn = r.cookie
