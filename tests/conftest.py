@@ -35,32 +35,38 @@ STOP_TIMEOUT = 15.0        # SIGINT -> exit
 _bpf_reason = []
 
 
+def bcc_unavailable():
+    """Why bcc cannot load a program here (not root, not importable), or None."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError as e:
+        return "bcc is not importable (%s)" % e
+    return None
+
+
 def bpf_unavailable():
     """Why the eBPF backend cannot run here, or None (cached)."""
     if not _bpf_reason:
-        why = None
-        if os.geteuid() != 0:
-            why = "not root"
-        else:
+        why = bcc_unavailable()
+        if why is None:
             try:
-                import bcc  # noqa: F401
-            except ImportError as e:
-                why = "bcc is not importable (%s)" % e
-            else:
-                try:
-                    from tracer.bpf_backend import preflight
-                    why = preflight()
-                except Exception as e:   # a broken import is a reason too
-                    why = "tracer.bpf_backend.preflight() failed: %s: %s" % (type(e).__name__, e)
+                from tracer.bpf_backend import preflight
+                why = preflight()
+            except Exception as e:   # a broken import is a reason too
+                why = "tracer.bpf_backend.preflight() failed: %s: %s" % (type(e).__name__, e)
         if why is None and not os.access(SOCKTRACE, os.X_OK):
             why = "%s is missing (scripts/install.sh)" % SOCKTRACE
         _bpf_reason.append(why)
     return _bpf_reason[0]
 
 
-def require_bpf():
-    """Skip (or, with SOCKTRACE_REQUIRE_BPF=1, fail) when eBPF is unavailable."""
-    why = bpf_unavailable()
+def require_bpf(cli=True):
+    """Skip (or, with SOCKTRACE_REQUIRE_BPF=1, fail) when eBPF is unavailable;
+    with cli=False, for a test that loads its own program with bcc and needs
+    neither the backend's checks nor the installed socktrace."""
+    why = bpf_unavailable() if cli else bcc_unavailable()
     if why:
         if os.environ.get("SOCKTRACE_REQUIRE_BPF") == "1":
             pytest.fail("eBPF backend required (SOCKTRACE_REQUIRE_BPF=1) but unavailable: %s"

@@ -3,7 +3,6 @@ and the BPF verifier) and Python, ranges that tile 0..2**64, and percentiles
 within 5% of the exact ones."""
 
 import math
-import os
 import random
 import shutil
 import subprocess
@@ -258,27 +257,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 """
 
 
-def _need_bcc():
-    """Skip without root or bcc, unless SOCKTRACE_REQUIRE_BPF=1: then fail.
-    (conftest's require_bpf also wants the installed socktrace, which this
-    test does not use.)"""
-    why = None
-    if os.geteuid() != 0:
-        why = "not root"
-    else:
-        try:
-            import bcc  # noqa: F401
-        except ImportError as e:
-            why = "bcc is not importable (%s)" % e
-    if why:
-        if os.environ.get("SOCKTRACE_REQUIRE_BPF") == "1":
-            pytest.fail("eBPF required (SOCKTRACE_REQUIRE_BPF=1) but unavailable: %s" % why,
-                        pytrace=False)
-        pytest.skip("eBPF unavailable: %s" % why)
-
-
 def test_bpf_verifier_accepts_it():
-    _need_bcc()
+    from conftest import require_bpf
+    require_bpf(cli=False)         # loads its own program: no socktrace needed
     from bcc import BPF
 
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)

@@ -217,23 +217,14 @@ def test_sockets_older_than_socktrace(tmp_path):
     port = ls.getsockname()[1]
     held_c = socket.create_connection(("127.0.0.1", port))
     held_a, _ = ls.accept()
-    tw = socket.socket()
-    tw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tw.bind(("127.0.0.1", 0))
-    tw_port = tw.getsockname()[1]
-    tw.connect(("127.0.0.1", port))
-    tw_a, _ = ls.accept()
-    tw.close()                      # client first: it holds the TIME_WAIT
-    time.sleep(0.05)
-    tw_a.close()
-    time.sleep(0.2)
+    key = _time_wait_before(ls)
+    tw_port = key[1]
     held = [(held_c.getsockname() + held_c.getpeername(), "ESTABLISHED"),
             (held_a.getsockname() + held_a.getpeername(), "ESTABLISHED"),
             (ls.getsockname() + ("0.0.0.0", 0), "LISTEN")]
     trace = start_socktrace(str(tmp_path / "older.ndjson"), ["--dump-every", "0.3"])
     try:
         cookies = _ss_cookies()
-        key = ("127.0.0.1", tw_port, "127.0.0.1", port)
         assert key in cookies, "ss -tane shows no TIME_WAIT for %s" % (key,)
         again = socket.socket()
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
