@@ -145,6 +145,10 @@ def _flat(lists):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from . import views
+    if argv and argv[0] in views.COMMANDS:
+        return views.run(argv[0], argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
