@@ -384,7 +384,7 @@ def test_large_spans_in_threads():
     assert len(results) == 20 and all(r == want for r in results)
 
 
-# -- UTF-8 "replace" ------------------------------------------------------------
+# -- UTF-8 "backslashreplace" (tracer/text.py decode) ------------------------------------------------------------
 
 def _comm_span(seqs):
     rec = bytearray(make_state(random.Random(0)))
@@ -402,7 +402,7 @@ def _check_comms(seqs):
     out, bad = assert_same(span, NOW_OFFSET, exact_decode=True)
     assert bad == 0
     got = [orjson.loads(line)["comm"] for line in out.splitlines()]
-    want = [s.split(b"\0", 1)[0].decode("utf-8", "replace") for s in seqs]
+    want = [s.split(b"\0", 1)[0].decode("utf-8", "backslashreplace") for s in seqs]
     for g, w, s in zip(got, want, seqs):
         assert g == w, s
     assert len(got) == len(seqs)
@@ -418,6 +418,7 @@ def test_utf8_replace_known_cases():
              b"\xf0\x9f\x98": 1, b"\xf4\x90\x80\x80": 4, b"\xe0\x80\xaf": 3}
     for raw, n in cases.items():
         assert raw.decode("utf-8", "replace") == "\ufffd" * n
+        assert raw.decode("utf-8", "backslashreplace") == "".join("\\x%02x" % b for b in raw)
     _check_comms(list(cases))
 
 

@@ -549,9 +549,8 @@ static char *put_addr(char *w, int family, const __u8 raw[16])
 
 /* Length of the valid UTF-8 sequence at s (s[0] >= 0x80, n >= 1 bytes
  * left), or minus the length of its maximal invalid subpart: CPython's
- * "replace" handler writes one U+FFFD for each such subpart (Unicode's
- * "substitution of maximal subparts"), a truncated but valid start
- * included. */
+ * decoder hands each such subpart to its error handler (Unicode's
+ * "maximal subparts"), a truncated but valid start included. */
 static inline int utf8_seq(const unsigned char *s, size_t n)
 {
 	unsigned c = s[0], lo = 0x80, hi = 0xBF;
@@ -585,8 +584,9 @@ static inline int utf8_seq(const unsigned char *s, size_t n)
 	return need + 1;
 }
 
-/* records.Formatter.comm: up to the first NUL, decoded with "replace",
- * then as orjson writes the str.  At most 2 + 16 * 6 bytes. */
+/* records.Formatter.comm (tracer/text.py decode): up to the first NUL,
+ * decoded with "backslashreplace", then as orjson writes the str.  At most
+ * 2 + 16 * 6 bytes. */
 static char *put_comm(char *w, const char raw[ST_COMM_LEN])
 {
 	const unsigned char *s = (const unsigned char *)raw;
@@ -610,8 +610,15 @@ static char *put_comm(char *w, const char raw[ST_COMM_LEN])
 			w = put(w, (const char *)s + i, k);
 			i += k;
 		} else {
-			w = LIT(w, "\xef\xbf\xbd");	/* U+FFFD */
-			i += -k;
+			/* "backslashreplace": \xNN for each byte of the
+			 * invalid subpart, the backslash escaped for JSON */
+			for (; k < 0; k++, i++) {
+				*w++ = '\\';
+				*w++ = '\\';
+				*w++ = 'x';
+				*w++ = "0123456789abcdef"[s[i] >> 4];
+				*w++ = "0123456789abcdef"[s[i] & 15];
+			}
 		}
 	}
 	*w++ = '"';

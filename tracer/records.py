@@ -22,6 +22,7 @@ import struct
 import time
 
 from . import spec, states, wire
+from .text import decode as decode_name
 
 # the last three digits of a timestamp: see Formatter.ts
 _US3 = tuple("%03dZ" % us for us in range(1000))
@@ -81,7 +82,7 @@ class Formatter:
     def comm(self, raw):
         text = self._comms.get(raw)
         if text is None:
-            text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            text = decode_name(raw)
             if len(self._comms) > 65536:
                 self._comms.clear()
             self._comms[raw] = text
