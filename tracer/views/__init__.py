@@ -13,3 +13,13 @@ COMMANDS = {}
 
 def run(name, argv):
     return COMMANDS[name](argv)
+
+
+def _register():
+    # imported here, after COMMANDS exists: each module adds itself
+    from . import ports, stat
+    COMMANDS["ports"] = ports.main
+    COMMANDS["stat"] = stat.main
+
+
+_register()

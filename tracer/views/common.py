@@ -1,0 +1,468 @@
+"""What the one-shot views share: their flags, one snapshot, owners, output.
+
+A snapshot is one sock_diag dump (tracer/sockdiag.py, what ``ss`` reads)
+plus, when a view needs it, one walk of /proc/*/fd that maps every socket
+inode it wants to *every* process holding it (a listener shared by
+pre-forked workers is held by all of them; ``ss -p`` lists them all too).
+Without root, other users' /proc/PID/fd cannot be read: their sockets keep
+no owner, and the view says so once.
+
+>>> fmt_ep(4, "127.0.0.1", 80), fmt_ep(6, "::", 8080), fmt_ep(6, "::1", 0)
+('127.0.0.1:80', '[::]:8080', '[::1]:*')
+>>> p = parser("demo", "a demo")
+>>> args, status = parse_args(p, "demo", ["--port", "80,443", "--state", "time-wait", "-4"])
+>>> (status, sorted(port_set(args.port)), args.state, args.family)
+(None, [80, 443], ['TIME_WAIT'], 4)
+>>> parse_args(p, "demo", ["--port", "x"])[1]
+2
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+from .. import sockdiag, states
+from ..filters import parse_cidr
+from ..owners import read_comm
+from ..text import safe
+
+TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, include/net/tcp.h: not tunable
+
+
+class UsageError(Exception):
+    pass
+
+
+class Failure(Exception):
+    """A run-time failure: one line on stderr, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+# --- flags (the trace's filters, same spellings) -------------------------------
+
+
+def _ports(text):
+    out = []
+    for part in text.split(","):
+        try:
+            p = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a port: %r" % part)
+        if not 0 < p < 65536:
+            raise argparse.ArgumentTypeError("port out of range 1-65535: %d" % p)
+        out.append(p)
+    return out
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be > 0: %r" % text)
+    return v
+
+
+def _state(text):
+    try:
+        return states.parse_state(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _cidr(text):
+    try:
+        return parse_cidr(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def parser(prog, description, epilog=None):
+    """An argument parser with the trace's filter flags and --json."""
+    p = _Parser(prog="socktrace " + prog, description=description, epilog=epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
+    fam.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
+    p.add_argument("--port", type=_ports, action="append", default=[], metavar="PORT[,PORT]",
+                   help="local or remote port (repeatable)")
+    p.add_argument("--lport", type=_ports, action="append", default=[], metavar="PORT",
+                   help="local port")
+    p.add_argument("--rport", type=_ports, action="append", default=[], metavar="PORT",
+                   help="remote port")
+    p.add_argument("--addr", type=_cidr, action="append", default=[], metavar="CIDR",
+                   help="local or remote address in this network")
+    p.add_argument("--pid", type=_positive_int, action="append", default=[],
+                   help="held by this process id (repeatable)")
+    p.add_argument("--comm", action="append", default=[], help="held by a process of this name")
+    p.add_argument("--state", type=_state, action="append", default=[], metavar="NAME",
+                   help="sockets in this state (ss spellings too: time-wait)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    return p
+
+
+def parse_args(p, prog, argv):
+    """(args, None), or (None, exit status) after -h or a usage error."""
+    try:
+        return p.parse_args(argv), None
+    except UsageError as e:
+        sys.stderr.write("socktrace %s: %s (try socktrace %s -h)\n" % (prog, e, prog))
+        return None, 2
+    except SystemExit as e:  # -h
+        return None, (e.code if isinstance(e.code, int) else 0)
+
+
+def run(prog, p, view, argv):
+    """Parse *argv* with *p*, call view(args), map failures to exit statuses."""
+    args, status = parse_args(p, prog, argv)
+    if status is not None:
+        return status
+    try:
+        return view(args)
+    except (Failure, sockdiag.SockDiagError) as e:
+        sys.stderr.write("socktrace %s: %s\n" % (prog, e))
+        return 1
+    except OSError as e:
+        sys.stderr.write("socktrace %s: %s\n" % (prog, e.strerror or e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def port_set(lists):
+    return {x for sub in lists for x in sub}
+
+
+# --- the snapshot ------------------------------------------------------------
+
+
+def state_mask(names):
+    """sock_diag's idiag_states for these state names (all when empty).
+    A pending connection request is NEW_SYN_RECV in the kernel and is
+    reported as SYN_RECV: asking for one asks for both."""
+    if not names:
+        return sockdiag.ALL
+    mask = 0
+    for n in names:
+        mask |= 1 << states.NUMBERS[n]
+        if n in ("SYN_RECV", "NEW_SYN_RECV"):
+            mask |= (1 << states.SYN_RECV) | (1 << states.NEW_SYN_RECV)
+    return mask
+
+
+class Owners:
+    """Socket inode -> every (pid, comm, fd) holding it, from one walk of
+    /proc/*/fd.  ``denied``: processes whose fd table we may not read (not
+    root); their sockets have no owner here."""
+
+    def __init__(self, proc_root="/proc"):
+        self.proc_root = proc_root
+        self.by_inode = {}
+        self.denied = 0
+        self.walked = False
+        self._comms = {}
+
+    def walk(self, wanted):
+        """Look for the inodes in the set *wanted* in every process."""
+        self.walked = True
+        if not wanted:
+            return self
+        root = self.proc_root
+        prefix = "socket:["
+        found = {}
+        readlink = os.readlink
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        try:
+            pids = [int(n) for n in os.listdir(root) if n.isdigit()]
+        except OSError as e:
+            raise Failure("cannot list %s: %s" % (root, e.strerror))
+        pids.sort()
+        for pid in pids:
+            try:
+                dfd = os.open("%s/%d/fd" % (root, pid), flags)
+            except PermissionError:
+                self.denied += 1
+                continue
+            except OSError:
+                continue  # exited
+            try:
+                try:
+                    names = os.listdir(dfd)
+                except PermissionError:
+                    self.denied += 1
+                    continue
+                except OSError:
+                    continue
+                for name in names:
+                    try:
+                        t = readlink(name, dir_fd=dfd)
+                    except OSError:
+                        continue
+                    if t.startswith(prefix):
+                        ino = int(t[8:-1])
+                        if ino in wanted:
+                            found.setdefault(ino, []).append((pid, int(name)))
+            finally:
+                os.close(dfd)
+        comms = self._comms
+        out = self.by_inode
+        for ino, holders in found.items():
+            lst = []
+            for pid, fd in holders:
+                comm = comms.get(pid)
+                if comm is None:
+                    comm = comms[pid] = read_comm(root, pid) or "?"
+                lst.append((pid, comm, fd))
+            lst.sort()
+            out[ino] = lst
+        return self
+
+    def get(self, inode):
+        return self.by_inode.get(inode, ()) if inode else ()
+
+
+class Snapshot:
+    """One dump, and (optionally) the owners of its sockets."""
+
+    def __init__(self, family=None, states_mask=sockdiag.ALL):
+        self.families = (family,) if family else (4, 6)
+        self.t = time.time()
+        self.sockets = sockdiag.dump(self.families, states_mask)
+        self.owners = Owners()
+        self.cw_idle = {}  # cookie -> tcpi_last_data_recv ms, CLOSE_WAIT only
+
+    def walk_owners(self, socks=None):
+        socks = self.sockets if socks is None else socks
+        self.owners.walk({s.inode for s in socks if s.inode})
+        return self.owners
+
+    def close_wait_info(self):
+        """tcp_info of the CLOSE_WAIT sockets (one more, small dump):
+        time since they last received data, the age estimate."""
+        if not any(s.state == states.CLOSE_WAIT for s in self.sockets):
+            return self.cw_idle
+        for s in sockdiag.dump(self.families, 1 << states.CLOSE_WAIT, info=True):
+            if s.last_data_recv_ms is not None:
+                self.cw_idle[s.cookie] = s.last_data_recv_ms
+        return self.cw_idle
+
+
+class Match:
+    """The filter flags, for DiagSocket tuples and their owners."""
+
+    def __init__(self, args, extra_ports=()):
+        self.family = args.family
+        self.ports = port_set(args.port) | set(extra_ports)
+        self.lports = port_set(args.lport)
+        self.rports = port_set(args.rport)
+        self.nets = list(args.addr)
+        self.pids = set(args.pid)
+        self.comms = set(args.comm)
+        self.states = set(args.state)
+        if "SYN_RECV" in self.states or "NEW_SYN_RECV" in self.states:
+            self.states |= {"SYN_RECV", "NEW_SYN_RECV"}
+        self.by_owner = bool(self.pids or self.comms)
+        self._nets = {}
+
+    def sock(self, s, states_too=True):
+        """Everything but the owner filters."""
+        if self.family and s.family != self.family:
+            return False
+        if self.ports or self.lports or self.rports:
+            lp, rp = s.lport, s.rport
+            if not (lp in self.ports or (rp in self.ports and rp) or lp in self.lports
+                    or rp in self.rports):
+                return False
+        if states_too and self.states and states.NAMES[s.state] not in self.states:
+            return False
+        if self.nets and not (self._in(s.laddr) or self._in(s.raddr)):
+            return False
+        return True
+
+    def owner(self, holders):
+        if not self.by_owner:
+            return True
+        for pid, comm, _fd in holders:
+            if pid in self.pids or comm in self.comms:
+                return True
+        return False
+
+    def _in(self, text):
+        hit = self._nets.get(text)
+        if hit is None:
+            import ipaddress
+            a = ipaddress.ip_address(text)
+            m = getattr(a, "ipv4_mapped", None)
+            hit = any(a in n or (m is not None and m in n) for n in self.nets)
+            self._nets[text] = hit
+        return hit
+
+
+# --- ages ----------------------------------------------------------------------
+
+
+def fin_timeout():
+    return read_int("/proc/sys/net/ipv4/tcp_fin_timeout", 60)
+
+
+def age(s, cw_idle, fin_timeout_s=60):
+    """(seconds, estimate) for what sock_diag tells; (None, False) else.
+
+    TIME_WAIT: 60 s minus the time left on its timer (exact to the timer
+    wheel's granularity).  A FIN_WAIT2 the kernel swapped for a timewait
+    minisocket: tcp_fin_timeout minus what is left.  CLOSE_WAIT: the time
+    since the socket last received data, an estimate (the FIN may have
+    come later: at most this long in CLOSE_WAIT)."""
+    if s.timer == 3:
+        total = TIME_WAIT_LEN_S if s.state == states.TIME_WAIT else fin_timeout_s
+        return max(0.0, total - s.expires_ms / 1000.0), False
+    if s.state == states.CLOSE_WAIT:
+        ms = cw_idle.get(s.cookie)
+        if ms is not None:
+            return ms / 1000.0, True
+    return None, False
+
+
+# --- /proc helpers ---------------------------------------------------------------
+
+
+def read_int(path, default=None):
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def port_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split()[:2])
+        return lo, hi
+    except (OSError, ValueError):
+        return None
+
+
+# --- output ----------------------------------------------------------------------
+
+
+def fmt_ep(family, addr, port):
+    a = "[%s]" % addr if family == 6 else addr
+    return "%s:%s" % (a, port if port else "*")
+
+
+def owners_json(holders):
+    return [{"pid": p, "comm": c, "fd": fd} for p, c, fd in holders]
+
+
+def fmt_owners(holders, limit=None):
+    """``nginx/812,813,814 fd 6``: one group per name, pids in order, the fd
+    when every holder has it at the same number (as pre-fork workers do).
+
+    >>> fmt_owners([(812, "nginx", 6), (813, "nginx", 6), (900, "x\\x1b", 3)])
+    'nginx/812,813 fd 6, x\\\\x1b/900 fd 3'
+    >>> fmt_owners([(1, "a", 3), (2, "a", 4), (3, "a", 5)], limit=6)
+    'a/1,2…'
+    """
+    if not holders:
+        return "-"
+    groups = {}
+    for p, c, fd in holders:
+        g = groups.get(c)
+        if g is None:
+            g = groups[c] = ([], set())
+        g[0].append(p)
+        g[1].add(fd)
+    parts = []
+    for c, (pids, fds) in groups.items():
+        t = "%s/%s" % (safe(c), ",".join(map(str, pids)))
+        if len(fds) == 1:
+            t += " fd %d" % next(iter(fds))
+        parts.append(t)
+    text = ", ".join(parts)
+    if limit and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def fmt_age(sec, estimate=False):
+    if sec is None:
+        return "-"
+    if sec < 60:
+        t = "%.1fs" % sec if sec < 10 else "%ds" % sec
+    elif sec < 3600:
+        t = "%dm%02ds" % (sec // 60, sec % 60)
+    elif sec < 86400:
+        t = "%dh%02dm" % (sec // 3600, sec % 3600 // 60)
+    else:
+        t = "%dd%02dh" % (sec // 86400, sec % 86400 // 3600)
+    return ("~" + t) if estimate else t
+
+
+def width():
+    return max(80, shutil.get_terminal_size((80, 24)).columns)
+
+
+def table(rows, aligns, maxw=None):
+    """Rows of strings -> lines, columns padded (*aligns*: one < or > per
+    column); a left-aligned last column is not padded."""
+    if not rows:
+        return []
+    n = len(rows[0])
+    w = [0] * n
+    for r in rows:
+        for i, c in enumerate(r):
+            if len(c) > w[i]:
+                w[i] = len(c)
+    out = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            if aligns[i] == ">":
+                cells.append(c.rjust(w[i]))
+            elif i == n - 1:
+                cells.append(c)
+            else:
+                cells.append(c.ljust(w[i]))
+        line = "  ".join(cells).rstrip()
+        if maxw and len(line) > maxw:
+            line = line[: maxw - 1] + "…"
+        out.append(line)
+    return out
+
+
+def emit(text_lines=None, doc=None):
+    """Write the answer: one JSON document (orjson) or text lines."""
+    try:
+        if doc is not None:
+            import orjson
+            sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE).decode())
+        else:
+            sys.stdout.write("\n".join(text_lines) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `socktrace ports | head -1`: end quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+    return 0
+
+
+def iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % (int(t * 1e6) % 1000000)
+
+
+def note_owners(owners):
+    if owners.denied:
+        return ("owners unknown for the sockets of %d processes whose /proc/PID/fd "
+                "this user may not read (run as root to see them)" % owners.denied)
+    return None

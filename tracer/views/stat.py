@@ -1,0 +1,429 @@
+"""``socktrace stat``: ``ss -s`` and the usual awk pipelines, on one screen.
+
+One sock_diag dump and one walk of /proc/*/fd give: sockets per state and
+family; the top remote addresses, local ports and processes; TIME_WAIT
+per destination against the ephemeral port range (the exhaustion risk:
+one source address can hold at most one socket per local port toward one
+destination address and port); SYN_RECV and the accept queue per
+listener; and the oldest CLOSE_WAIT with its owner (a leak: the
+application never closed a connection its peer ended).  /proc/net/netstat
+adds the kernel's counters since boot: listen overflows and drops, SYN
+cookies, request-queue drops, TIME_WAIT overflow.  /proc/net/sockstat is
+what ``ss -s`` prints.
+"""
+
+import ipaddress
+
+from .. import states
+from ..text import safe
+from . import common
+
+EPILOG = """\
+examples:
+  socktrace stat                    the whole host (this network namespace)
+  socktrace stat --port 443         only sockets on port 443
+  socktrace stat --top 10 --json | jq .time_wait
+
+Counters from /proc/net/netstat count since boot (this network namespace).
+The CLOSE_WAIT age is an estimate: time since the socket last received data.
+"""
+
+NAMES = states.NAMES
+LISTEN = states.LISTEN
+TIME_WAIT = states.TIME_WAIT
+CLOSE_WAIT = states.CLOSE_WAIT
+SYN_RECV = states.SYN_RECV
+NEW_SYN_RECV = states.NEW_SYN_RECV
+ORDER = ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+         "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING")
+WILDCARD = {4: "0.0.0.0", 6: "::"}
+# TcpExt counters shown (name in /proc/net/netstat, what it means)
+COUNTERS = (
+    ("ListenOverflows", "SYN or ACK dropped: accept queue full"),
+    ("ListenDrops", "dropped at a listener, any reason (overflows included)"),
+    ("TCPReqQFullDrop", "SYN dropped: SYN queue full, no cookies"),
+    ("TCPReqQFullDoCookies", "SYN cookie sent: SYN queue full"),
+    ("SyncookiesSent", "SYN cookies sent"),
+    ("SyncookiesRecv", "SYN cookies accepted"),
+    ("SyncookiesFailed", "SYN cookies invalid"),
+    ("TCPTimeWaitOverflow", "no TIME_WAIT: tcp_max_tw_buckets reached"),
+    ("TCPAbortOnMemory", "reset: out of socket memory"),
+)
+SNMP = ("ActiveOpens", "PassiveOpens", "AttemptFails", "EstabResets", "CurrEstab",
+        "RetransSegs", "InErrs", "OutRsts")
+
+
+def build_parser():
+    p = common.parser("stat", "Counts per state and family, top peers, ports and "
+                      "processes, TIME_WAIT against the ephemeral port range, "
+                      "SYN_RECV per listener, listen overflows, the oldest CLOSE_WAIT.",
+                      EPILOG)
+    p.add_argument("--top", type=common._positive_int, default=5, metavar="N",
+                   help="entries per top list (default 5)")
+    p.add_argument("--no-owners", action="store_true",
+                   help="skip the walk of /proc/*/fd (no processes; faster)")
+    return p
+
+
+def main(argv):
+    return common.run("stat", build_parser(), view, argv)
+
+
+# --- /proc ---------------------------------------------------------------------
+
+
+def read_pairs(path):
+    """/proc/net/netstat or snmp: {"TcpExt": {"ListenOverflows": 3, ...}, ...}."""
+    out = {}
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for head, vals in zip(lines[0::2], lines[1::2]):
+        hp, _, hnames = head.partition(":")
+        vp, _, hvals = vals.partition(":")
+        if hp != vp:
+            continue
+        try:
+            out[hp] = dict(zip(hnames.split(), (int(v) for v in hvals.split())))
+        except ValueError:
+            continue
+    return out
+
+
+def read_sockstat(path="/proc/net/sockstat"):
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    parts = line.split()[1:]
+                    for k, v in zip(parts[0::2], parts[1::2]):
+                        out[k] = int(v)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _loopback(addr):
+    try:
+        a = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    m = getattr(a, "ipv4_mapped", None)
+    return a.is_loopback or (m is not None and m.is_loopback)
+
+
+def _top(counter, n):
+    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+# --- the view --------------------------------------------------------------------
+
+
+def view(args):
+    m = common.Match(args)
+    mask = common.state_mask(args.state)
+    # listeners are needed for the per-listener figures even when --state
+    # leaves them out: dump them too, count them only if asked
+    snap = common.Snapshot(args.family, mask | (1 << LISTEN))
+    allsocks = snap.sockets
+    socks = [s for s in allsocks if m.sock(s)]
+    owners = None
+    if not args.no_owners or m.by_owner:
+        owners = snap.walk_owners(socks)
+        if m.by_owner:
+            socks = [s for s in socks if m.owner(owners.get(s.inode))]
+    top = args.top
+
+    # listeners (all of them: a connection's local port is a service port
+    # if anything listens on it, whatever the filters say)
+    listen_ports = set()
+    listeners = {}
+    for s in allsocks:
+        if s.state == LISTEN:
+            listen_ports.add((s.family, s.lport))
+            key = (s.family, s.laddr, s.lport)
+            q = listeners.get(key)
+            if q is None:
+                listeners[key] = [s.rqueue, s.wqueue, 0, 1]
+            else:   # a SO_REUSEPORT group: queues add up
+                q[0] += s.rqueue
+                q[1] += s.wqueue
+                q[3] += 1
+
+    rng = common.port_range()
+    lo, hi = rng if rng else (32768, 60999)
+    per_state = {}
+    remotes = {}
+    lports = {}
+    dests = {}     # (family, raddr, rport) -> [tw, other, {laddr: n}]
+    syn = {}
+    cws = []
+    names = NAMES
+    for s in socks:
+        st = s.state
+        if st == NEW_SYN_RECV:
+            st = SYN_RECV
+        key = (names[st], s.family)
+        per_state[key] = per_state.get(key, 0) + 1
+        if st == LISTEN:
+            continue
+        fam = s.family
+        ra = (fam, s.raddr)
+        remotes[ra] = remotes.get(ra, 0) + 1
+        lp = s.lport
+        server = (fam, lp) in listen_ports
+        lk = (lp, server)
+        lports[lk] = lports.get(lk, 0) + 1
+        if st == SYN_RECV:
+            k = (fam, s.laddr, lp)
+            if k not in listeners:
+                k = (fam, WILDCARD[fam], lp)
+            syn[k] = syn.get(k, 0) + 1
+        elif st == CLOSE_WAIT:
+            cws.append(s)
+        if not server and lo <= lp <= hi:
+            d = (fam, s.raddr, s.rport)
+            e = dests.get(d)
+            if e is None:
+                e = dests[d] = [0, 0, {}]
+            if st == TIME_WAIT:
+                e[0] += 1
+            else:
+                e[1] += 1
+            srcs = e[2]
+            srcs[s.laddr] = srcs.get(s.laddr, 0) + 1
+
+    total = sum(per_state.values())
+    fams = sorted({f for _, f in per_state})
+    state_rows = []
+    for n in ORDER:
+        by = {f: per_state.get((n, f), 0) for f in (4, 6)}
+        if any(by.values()):
+            state_rows.append({"state": n, "ipv4": by[4], "ipv6": by[6],
+                               "total": by[4] + by[6]})
+
+    # processes: distinct sockets held, and how many of them per state
+    procs = {}
+    if owners is not None:
+        for s in socks:
+            for pid, comm, _fd in owners.get(s.inode):
+                p = procs.get(pid)
+                if p is None:
+                    p = procs[pid] = [comm, set(), {}]
+                if s.inode not in p[1]:
+                    p[1].add(s.inode)
+                    n = names[s.state]
+                    p[2][n] = p[2].get(n, 0) + 1
+    top_procs = sorted(procs.items(), key=lambda kv: (-len(kv[1][1]), kv[0]))[:top]
+
+    # TIME_WAIT per destination
+    span = hi - lo + 1
+    tw_reuse = common.read_int("/proc/sys/net/ipv4/tcp_tw_reuse")
+    tw_rows = []
+    for (fam, raddr, rport), (tw, other, srcs) in dests.items():
+        if not tw:
+            continue
+        worst_src, worst = max(srcs.items(), key=lambda kv: (kv[1], kv[0]))
+        reusable = tw_reuse == 1 or (tw_reuse == 2 and _loopback(raddr))
+        tw_rows.append({
+            "family": fam, "raddr": raddr, "rport": rport, "time_wait": tw,
+            "other": other, "sources": len(srcs), "worst_source": worst_src,
+            "worst_source_ports": worst, "range_used_pct": round(100.0 * worst / span, 1),
+            "tw_reuse_applies": reusable,
+        })
+    tw_rows.sort(key=lambda r: (-r["time_wait"], r["raddr"], r["rport"]))
+
+    syn_rows = []
+    for key, (q, mx, _n, group) in listeners.items():
+        n = syn.get(key, 0)
+        if n or q:
+            fam, addr, port = key
+            syn_rows.append({"family": fam, "addr": addr, "port": port, "syn_recv": n,
+                             "accept_queue": q, "accept_max": mx, "reuseport_group": group})
+    syn_rows.sort(key=lambda r: (-r["syn_recv"], -r["accept_queue"], r["port"]))
+
+    cw = snap.close_wait_info() if cws else {}
+    cw_rows = []
+    for s in cws:
+        a, est = common.age(s, cw)
+        cw_rows.append((a if a is not None else -1.0, s))
+    cw_rows.sort(key=lambda r: (-r[0], r[1].lport))
+    cw_by_proc = {}
+    if owners is not None:
+        for s in cws:
+            for pid, comm, _fd in owners.get(s.inode):
+                cw_by_proc[(pid, comm)] = cw_by_proc.get((pid, comm), 0) + 1
+    oldest = []
+    for a, s in cw_rows[:top]:
+        oldest.append({
+            "family": s.family, "laddr": s.laddr, "lport": s.lport, "raddr": s.raddr,
+            "rport": s.rport, "recv_q": s.rqueue, "age_s": None if a < 0 else round(a, 3),
+            "age_estimate": a >= 0,
+            "owners": common.owners_json(owners.get(s.inode)) if owners is not None else None,
+        })
+
+    netstat = read_pairs("/proc/net/netstat").get("TcpExt", {})
+    snmp = read_pairs("/proc/net/snmp").get("Tcp", {})
+    notes = []
+    if owners is not None:
+        n = common.note_owners(owners)
+        if n:
+            notes.append(n)
+    doc = {
+        "command": "stat", "ts": common.iso(snap.t), "total": total,
+        "families": {"ipv4": sum(r["ipv4"] for r in state_rows),
+                     "ipv6": sum(r["ipv6"] for r in state_rows)},
+        "states": state_rows,
+        "sockstat": read_sockstat(),
+        "top_remote_addresses": [{"family": f, "addr": a, "sockets": n}
+                                 for (f, a), n in _top(remotes, top)],
+        "top_local_ports": [{"port": p, "listening": srv, "sockets": n}
+                            for (p, srv), n in _top(lports, top)],
+        "top_processes": None if owners is None else [
+            {"pid": pid, "comm": c, "sockets": len(inos),
+             "states": {k: v for k, v in sorted(by.items(), key=lambda kv: -kv[1])}}
+            for pid, (c, inos, by) in top_procs],
+        "time_wait": {
+            "ephemeral_range": [lo, hi], "range_size": span, "tcp_tw_reuse": tw_reuse,
+            "total": per_state.get(("TIME_WAIT", 4), 0) + per_state.get(("TIME_WAIT", 6), 0),
+            "max_tw_buckets": common.read_int("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
+            "destinations": tw_rows[:top], "destinations_total": len(tw_rows),
+        },
+        "listeners": syn_rows[:top], "listeners_busy": len(syn_rows),
+        "counters": {k: netstat.get(k) for k, _ in COUNTERS},
+        "tcp": {k: snmp.get(k) for k in SNMP},
+        "close_wait": {
+            "total": len(cws), "oldest": oldest,
+            "by_process": None if owners is None else [
+                {"pid": pid, "comm": c, "close_wait": n}
+                for (pid, c), n in _top(cw_by_proc, top)],
+        },
+        "owners_complete": owners is not None and not owners.denied,
+        "notes": notes,
+    }
+    del fams
+    if args.json:
+        return common.emit(doc=doc)
+    return common.emit(text_lines=render(doc))
+
+
+# --- text --------------------------------------------------------------------------
+
+
+def side_by_side(blocks, w):
+    """Blocks of lines next to each other when they fit in *w*, else stacked."""
+    widths = [max((len(x) for x in b), default=0) for b in blocks]
+    if sum(widths) + 3 * (len(blocks) - 1) > w:
+        out = []
+        for b in blocks:
+            out.extend(b)
+            out.append("")
+        return out[:-1]
+    out = []
+    for i in range(max(len(b) for b in blocks)):
+        cells = [(b[i] if i < len(b) else "").ljust(wd) for b, wd in zip(blocks, widths)]
+        out.append("   ".join(cells).rstrip())
+    return out
+
+
+def _addr(family, addr):
+    return "[%s]" % addr if family == 6 and ":" in addr else addr
+
+
+def render(doc):
+    w = common.width()
+    out = []
+    ss = doc["sockstat"]
+    out.append("TCP sockets: %d (IPv4 %d, IPv6 %d)   %s" % (
+        doc["total"], doc["families"]["ipv4"], doc["families"]["ipv6"], doc["ts"]))
+    if ss:
+        out.append("kernel: inuse %s, orphan %s, tw %s, alloc %s, mem %s pages "
+                   "(/proc/net/sockstat)" % tuple(ss.get(k, "?") for k in
+                                                  ("inuse", "orphan", "tw", "alloc", "mem")))
+    rows = [["STATE", "IPv4", "IPv6", "TOTAL"]]
+    for r in doc["states"]:
+        rows.append([r["state"], str(r["ipv4"]), str(r["ipv6"]), str(r["total"])])
+    out.append("")
+    st_block = common.table(rows, "<>>>")
+    # the counters beside the states when they fit
+    c = doc["counters"]
+    cnt = [["COUNTER (since boot)", "VALUE"]]
+    for k, _ in COUNTERS:
+        if c.get(k) is not None:
+            cnt.append([k, str(c[k])])
+    out.extend(side_by_side([st_block, common.table(cnt, "<>")], w))
+
+    out.append("")
+    ra = ["TOP REMOTE ADDR  SOCKETS".split("  ")]
+    for r in doc["top_remote_addresses"]:
+        ra.append([safe(_addr(r["family"], r["addr"])), str(r["sockets"])])
+    lp = [["TOP LOCAL PORT", "SOCKETS"]]
+    for r in doc["top_local_ports"]:
+        lp.append(["%d%s" % (r["port"], " (listen)" if r["listening"] else ""),
+                   str(r["sockets"])])
+    blocks = [common.table(ra, "<>"), common.table(lp, "<>")]
+    out.extend(side_by_side(blocks, w))
+    if doc["top_processes"] is not None:
+        out.append("")
+        pr = [["TOP PROCESS", "SOCKETS", "STATES"]]
+        for r in doc["top_processes"]:
+            sts = ", ".join("%s %d" % (k.lower().replace("_", "-"), v)
+                            for k, v in list(r["states"].items())[:3])
+            pr.append(["%s/%d" % (safe(r["comm"]), r["pid"]), str(r["sockets"]), sts])
+        out.extend(common.table(pr, "<><", maxw=w))
+
+    t = doc["time_wait"]
+    out.append("")
+    reuse = {0: "off", 1: "on", 2: "loopback only"}.get(t["tcp_tw_reuse"], str(t["tcp_tw_reuse"]))
+    out.append("TIME_WAIT %d (max %s); ephemeral ports %d-%d (%d); tcp_tw_reuse %s (%s)" % (
+        t["total"], t["max_tw_buckets"], t["ephemeral_range"][0], t["ephemeral_range"][1],
+        t["range_size"], t["tcp_tw_reuse"], reuse))
+    if t["destinations"]:
+        rows = [["TO", "TIME_WAIT", "OTHER", "SRCS", "PORTS USED", "REUSE"]]
+        for r in t["destinations"]:
+            rows.append([safe(common.fmt_ep(r["family"], r["raddr"], r["rport"])),
+                         str(r["time_wait"]), str(r["other"]), str(r["sources"]),
+                         "%d (%.1f%%)" % (r["worst_source_ports"], r["range_used_pct"]),
+                         "yes" if r["tw_reuse_applies"] else "no"])
+        out.extend(common.table(rows, "<>>>><"))
+        if t["destinations_total"] > len(t["destinations"]):
+            out.append("  ... %d destinations in all" % t["destinations_total"])
+
+    out.append("")
+    if doc["listeners"]:
+        rows = [["LISTENER", "SYN_RECV", "ACCEPT-Q", "MAX"]]
+        for r in doc["listeners"]:
+            addr = common.fmt_ep(r["family"], r["addr"], r["port"])
+            if r["reuseport_group"] > 1:
+                addr += " (x%d)" % r["reuseport_group"]
+            rows.append([safe(addr), str(r["syn_recv"]), str(r["accept_queue"]),
+                         str(r["accept_max"])])
+        out.extend(common.table(rows, "<>>>"))
+    else:
+        out.append("no listener with SYN_RECV or a waiting accept queue")
+
+    cw = doc["close_wait"]
+    out.append("")
+    if cw["total"]:
+        out.append("CLOSE_WAIT %d; oldest (age ~ since data last arrived):" % cw["total"])
+        rows = [["LOCAL", "REMOTE", "AGE", "RECV-Q", "PROCESS"]]
+        for r in cw["oldest"]:
+            holders = [(o["pid"], o["comm"], o["fd"]) for o in (r["owners"] or ())]
+            rows.append([safe(common.fmt_ep(r["family"], r["laddr"], r["lport"])),
+                         safe(common.fmt_ep(r["family"], r["raddr"], r["rport"])),
+                         common.fmt_age(r["age_s"], r["age_estimate"]), str(r["recv_q"]),
+                         common.fmt_owners(holders, limit=30) if r["owners"] is not None
+                         else "?"])
+        out.extend(common.table(rows, "<<>><", maxw=w))
+        if cw["by_process"]:
+            out.append("  per process: " + ", ".join(
+                "%s/%d %d" % (safe(r["comm"]), r["pid"], r["close_wait"])
+                for r in cw["by_process"]))
+    else:
+        out.append("no CLOSE_WAIT")
+    for n in doc["notes"]:
+        out.append("note: " + safe(n))
+    return out
