@@ -24,7 +24,7 @@ import socket
 import struct
 import time
 
-from . import hist, records, states, wire
+from . import hist, privileges, records, states, wire
 from .backend import Backend, Failure, Unavailable
 from .filters import Filter
 
@@ -66,8 +66,9 @@ def ensure_tracefs(root=TRACEFS):
         subprocess.run(["mount", "-t", "tracefs", "nodev", root],
                        check=True, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as e:
+        why = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip() or e
         raise Unavailable("tracefs is not mounted at %s and mounting it failed (%s)"
-                          % (root, getattr(e, "stderr", b"").decode().strip() or e))
+                          % (root, _one_line(why)))
     if not os.path.isdir(os.path.join(root, "events")):
         raise Unavailable("tracefs mounted at %s has no events directory" % root)
     return root
@@ -97,13 +98,17 @@ def _sysctl_int(name, default):
 
 def preflight():
     """Why eBPF cannot run on this host, or None.  Cheap: no compilation."""
-    if os.geteuid() != 0:
-        return "not root (eBPF needs root or CAP_BPF+CAP_PERFMON)"
+    missing = privileges.missing_for_bpf()
+    if missing:
+        return ("not root and without %s (eBPF needs root, or CAP_BPF, CAP_PERFMON and "
+                "CAP_DAC_READ_SEARCH)" % " and ".join(missing))
     try:
         import bcc  # noqa: F401
     except ImportError:
         return ("bcc is not installed for this Python (apt-get install python3-bpfcc, "
                 "and a venv made with --system-site-packages)")
+    except Exception as e:       # libbcc itself missing or broken (OSError, ...)
+        return "bcc cannot be loaded: %s" % _one_line(e)
     if not os.path.exists("/lib/modules/%s/build" % platform.release()):
         return ("no kernel headers for %s at /lib/modules/%s/build "
                 "(install linux-headers, see README)" % (platform.release(), platform.release()))
@@ -157,7 +162,9 @@ class BpfBackend(Backend):
             flags.append("-DST_TCP_SET_STATE")
         handler = kallsyms_address("tw_timer_handler") if self.timewait else 0
         if self.timewait and not handler:
-            self.notes.append("TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms")
+            self.notes.append("TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms"
+                              + ("" if privileges.has("CAP_SYSLOG") else
+                                 " (its addresses need CAP_SYSLOG)"))
         flags.append("-DST_TW_HANDLER=0x%xULL" % handler)
         if handler:
             flags += self._btf_flags()

@@ -6,9 +6,12 @@ one-line message for anything the host or the user got wrong at run time.
 """
 
 import argparse
+import math
+import os
 import sys
 
 from . import __version__, spec, states
+from .text import one_line
 
 EPILOG = """\
 examples:
@@ -51,16 +54,77 @@ def _ports(text):
     return out
 
 
-def _positive(kind):
+def _positive(kind, low=None, high=None, unit=""):
+    """A finite number > 0 (and within [low, high] when given)."""
     def conv(text):
         try:
             v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("not a number: %r" % text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError("not %s: %r" % (
+                "an integer" if kind is int else "a number", text))
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError("must be a finite number: %r" % text)
         if v <= 0:
             raise argparse.ArgumentTypeError("must be > 0: %r" % text)
+        if low is not None and v < low:
+            raise argparse.ArgumentTypeError("must be at least %s%s: %r" % (low, unit, text))
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError("must be at most %s%s: %r" % (high, unit, text))
         return v
     return conv
+
+
+def _mem_available():
+    """Bytes the kernel could still hand out (MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# What the eBPF backend's maps cost the kernel per --max-sockets slot: a
+# story in `socks` and one in `tws` (256 bytes each, bpf/socktrace.h) with
+# the hash table's own overhead; measured about 820 bytes, rounded up.
+KERNEL_BYTES_PER_SOCKET = 1024
+# The kernel's own limit for a hash map: its buckets (16 bytes each, a power
+# of two) must be addressable with 32 bits (kernel/bpf/hashtab.c, E2BIG).
+HASH_MAX_ENTRIES = 1 << 28
+
+
+def _max_sockets(text):
+    n = _positive(int)(text)
+    avail = _mem_available()
+    limit = HASH_MAX_ENTRIES
+    why = "the kernel's limit for a BPF hash map"
+    if avail is not None and avail // 2 // KERNEL_BYTES_PER_SOCKET < limit:
+        limit = avail // 2 // KERNEL_BYTES_PER_SOCKET
+        why = "about %d bytes of kernel memory each, at most half of the %.1f GiB " \
+              "available now" % (KERNEL_BYTES_PER_SOCKET, avail / 2**30)
+    if n > limit:
+        raise argparse.ArgumentTypeError("%d is more than this host can hold: at most %d "
+                                         "(%s)" % (n, limit, why))
+    return n
+
+
+def _ringbuf_mb(text):
+    n = _positive(int)(text)
+    avail = _mem_available()
+    limit = 1 << 14               # 16 GiB: far past any use, and a power of two
+    if avail is not None:
+        while limit > 1 and limit << 20 > avail // 4:
+            limit >>= 1
+    if n > limit:
+        raise argparse.ArgumentTypeError("%d MiB is more than this host can give: at most %d "
+                                         "(a quarter of the memory available now)"
+                                         % (n, limit))
+    if n & (n - 1):
+        raise argparse.ArgumentTypeError("must be a power of two (the kernel's ring buffer "
+                                         "is): 1, 2, 4, ... %d; not %d" % (limit, n))
+    return n
 
 
 RECORD_TYPES = spec.RECORD_TYPES
@@ -113,16 +177,17 @@ def build_parser():
                    help="remote port")
     p.add_argument("--addr", type=_cidr, action="append", default=[], metavar="CIDR",
                    help="local or remote address in this network")
-    p.add_argument("--pid", type=_positive(int), action="append", default=[],
+    p.add_argument("--pid", type=_positive(int, high=1 << 22), action="append", default=[],
                    help="owning process id (repeatable)")
     p.add_argument("--comm", action="append", default=[], help="owning process name")
     p.add_argument("--state", type=_state, action="append", default=[], metavar="NAME",
                    help="transitions into or out of this state (ss spellings too: time-wait)")
     p.add_argument("--backend", choices=("auto", "bpf", "proc"), default="auto",
                    help="auto: eBPF when possible, else /proc polling (default)")
-    p.add_argument("--interval", type=_positive(float), default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=_positive(float, 0.01, 3600, " s"), default=1.0,
+                   metavar="SECONDS",
                    help="proc backend poll interval (default 1)")
-    p.add_argument("--dump-every", type=_positive(float), metavar="SECONDS",
+    p.add_argument("--dump-every", type=_positive(float, 0.01, unit=" s"), metavar="SECONDS",
                    help="write every socket every N seconds (also on SIGUSR1)")
     p.add_argument("--records", type=_records, metavar="TYPE[,TYPE]",
                    default=list(DEFAULT_RECORDS),
@@ -132,12 +197,40 @@ def build_parser():
     p.add_argument("--summary", action="store_true",
                    help="also emit the exit report as a {\"type\":\"summary\"} record")
     p.add_argument("--no-report", action="store_true", help="no exit report on stderr")
-    p.add_argument("--max-sockets", type=_positive(int), default=262144, metavar="N",
+    p.add_argument("--max-sockets", type=_max_sockets, default=262144, metavar="N",
                    help="kernel map size for tracked sockets (default 262144)")
-    p.add_argument("--ringbuf-mb", type=_positive(float), default=16, metavar="MB",
-                   help="kernel ring buffer size (default 16)")
+    p.add_argument("--ringbuf-mb", type=_ringbuf_mb, default=16, metavar="MB",
+                   help="kernel ring buffer size in MiB, a power of two (default 16)")
     p.add_argument("--version", action="version", version="socktrace " + __version__)
     return p
+
+
+def _missing_modules():
+    """(name, error) of the first module socktrace cannot run without."""
+    for name in ("orjson", "psutil"):
+        try:
+            __import__(name)
+        except ImportError as e:
+            return name, e
+    return None
+
+
+def _check_std_fds(output):
+    """Descriptors 0-2 must be open before socktrace opens anything: a closed
+    stdout would otherwise be taken by the next file opened (a BPF map, the
+    output file) and records would go there.  A closed one is put on
+    /dev/null; a closed stdout is an error when records are to go there."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if fd == 1 and output in (None, "-"):
+                return "standard output is closed (give -o FILE, or redirect it)"
+    return None
 
 
 def _flat(lists):
@@ -152,10 +245,21 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        sys.stderr.write("socktrace: %s (try socktrace -h)\n" % e)
+        sys.stderr.write("socktrace: %s (try socktrace -h)\n" % one_line(str(e)))
         return 2
     except SystemExit as e:   # -h / --version
         return e.code or 0
+
+    missing = _missing_modules()
+    if missing:
+        sys.stderr.write("socktrace: cannot import %s for %s (%s); run socktrace from its "
+                         "environment: ./socktrace.sh or .venv/bin/socktrace\n"
+                         % (missing[0], sys.executable, missing[1]))
+        return 1
+    why = _check_std_fds(args.output)
+    if why:
+        sys.stderr.write("socktrace: %s\n" % why)
+        return 1
 
     from .run import Failure, run
 
@@ -163,7 +267,7 @@ def main(argv=None):
         return run(args, ports=_flat(args.port), lports=_flat(args.lport),
                    rports=_flat(args.rport))
     except Failure as e:
-        sys.stderr.write("socktrace: %s\n" % e)
+        sys.stderr.write("socktrace: %s\n" % one_line(str(e)))
         return 1
     except KeyboardInterrupt:
         return 0

@@ -16,6 +16,7 @@ import time
 from . import records
 from .backend import Failure, open_backend
 from .filters import Filter
+from .text import one_line
 
 POLL_S = 0.05          # quiet-host latency: records reach the output within this
 RECONCILE_S = float(os.environ.get("SOCKTRACE_RECONCILE_S", 5.0))
@@ -23,16 +24,36 @@ RECONCILE_S = float(os.environ.get("SOCKTRACE_RECONCILE_S", 5.0))
 BUSY_BATCH = 2048      # a read this large means more is waiting: read again now
 
 
+# Every catchable signal whose default would end the process ends the run
+# instead, as SIGINT does: the loop stops, writes what is waiting and the
+# exit report.  SIGHUP reopens -o FILE (a rotation) and only without -o
+# ends the run; SIGUSR1 asks for a dump.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGQUIT", "SIGUSR2", "SIGALRM",
+                "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGSTKFLT")
+
+
 class _Flags:
-    def __init__(self):
+    def __init__(self, reopen_on_hup):
         self.stop = False
         self.dump = False
+        self.reopen = False
+        self.reopen_on_hup = reopen_on_hup
 
     def on_stop(self, signum, frame):
-        self.stop = True
+        if signum == signal.SIGHUP and self.reopen_on_hup:
+            self.reopen = True
+        else:
+            self.stop = True
 
     def on_dump(self, signum, frame):
         self.dump = True
+
+    def install(self):
+        for name in STOP_SIGNALS:
+            num = getattr(signal, name, None)
+            if num is not None:
+                signal.signal(num, self.on_stop)
+        signal.signal(signal.SIGUSR1, self.on_dump)
 
 
 class Background(threading.Thread):
@@ -100,24 +121,23 @@ def summary(backend, ts, received, lost_total):
 
 
 def run(args, ports=(), lports=(), rports=()):
-    from .sink import JsonSink, SinkClosed, TextSink
+    from .sink import JsonSink, OutputError, SinkClosed, TextSink
 
     types = set(args.records)
     try:
         sink = (TextSink if args.format == "text" else JsonSink)(args.output)
-    except OSError as e:
+    except OutputError as e:
         raise Failure(str(e))
+    out = sink.out
 
-    flags = _Flags()
-    signal.signal(signal.SIGINT, flags.on_stop)
-    signal.signal(signal.SIGTERM, flags.on_stop)
-    signal.signal(signal.SIGUSR1, flags.on_dump)
+    flags = _Flags(reopen_on_hup=out.path is not None)
+    flags.install()
 
     backend = open_backend(args, ports, lports, rports,
                            record_types=tuple(t for t in ("state", "closed") if t in types),
-                           warn=lambda msg: sys.stderr.write("socktrace: %s\n" % msg))
+                           warn=lambda msg: say("socktrace: %s\n" % one_line(msg)))
     for note in backend.notes:
-        sys.stderr.write("socktrace: %s\n" % note)
+        say("socktrace: %s\n" % one_line(note))
     source = backend.source
     fmt = records.Formatter()
     keep = Filter(family=args.family, ports=ports, lports=lports, rports=rports,
@@ -169,7 +189,11 @@ def run(args, ports=(), lports=(), rports=()):
         dumper.start()
     try:
         try:
-            while not flags.stop:
+            sink.start()
+            while not flags.stop and out.failed is None:
+                if flags.reopen:
+                    flags.reopen = False
+                    out.reopen()       # between two writes: no record is split
                 n = pump()
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -219,7 +243,19 @@ def run(args, ports=(), lports=(), rports=()):
         sink.close()
     if not args.no_report:
         from .report import render
-        sys.stderr.write(render(final, lost_total))
+        say(render(final, lost_total))
     elif lost_total:
-        sys.stderr.write("socktrace: lost %s\n" % lost_total)
+        say("socktrace: lost %s\n" % lost_total)
+    if out.failed is not None:
+        say("socktrace: %s; %d records not written\n" % (out.failed, out.unwritten))
+        return 1
     return 0
+
+
+def say(text):
+    """To stderr, if anybody still reads it."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

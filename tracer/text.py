@@ -66,3 +66,9 @@ def decode(raw):
     """A kernel name (bytes, up to its first NUL) as text; bytes that are not
     UTF-8 become ``\\xNN``, as the proc backend and tracer/_fmt.c write them."""
     return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+
+
+def one_line(text):
+    """A message for stderr: runs of white space (newlines from a compiler,
+    a mount helper) become one space, the rest as safe() shows it."""
+    return safe(" ".join(text.split()))
