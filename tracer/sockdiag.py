@@ -170,7 +170,9 @@ def _port_table():
         if _BIG_ENDIAN:
             _port_swap = range(65536)
         else:
-            _port_swap = tuple(((p & 0xFF) << 8) | (p >> 8) for p in range(65536))
+            # packed native, read back big-endian: a third of the time of
+            # a generator (~4 ms, paid by every one-shot command)
+            _port_swap = struct.unpack(">65536H", struct.pack("=65536H", *range(65536)))
     return _port_swap
 
 
