@@ -15,11 +15,16 @@ def run(name, argv):
     return COMMANDS[name](argv)
 
 
-def _register():
-    # imported here, after COMMANDS exists: each module adds itself
-    from . import ports, stat
-    COMMANDS["ports"] = ports.main
-    COMMANDS["stat"] = stat.main
+def _lazy(module):
+    # a subcommand's module is imported only when it runs: a one-shot
+    # answer pays for no other view's imports
+    def main(argv):
+        import importlib
+        return importlib.import_module("." + module, __name__).main(argv)
+    main.__name__ = module + "_main"
+    return main
 
 
-_register()
+for _name in ("ports", "stat"):
+    COMMANDS[_name] = _lazy(_name)
+del _name

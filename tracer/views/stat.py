@@ -127,11 +127,12 @@ def view(args):
     mask = common.state_mask(args.state)
     # listeners are needed for the per-listener figures even when --state
     # leaves them out: dump them too, count them only if asked
+    want_owners = not args.no_owners or m.by_owner
     snap = common.Snapshot(args.family, mask | (1 << LISTEN))
     allsocks = snap.sockets
     socks = [s for s in allsocks if m.sock(s)]
     owners = None
-    if not args.no_owners or m.by_owner:
+    if want_owners:
         owners = snap.walk_owners(socks)
         if m.by_owner:
             socks = [s for s in socks if m.owner(owners.get(s.inode))]
@@ -373,7 +374,10 @@ def render(doc):
             sts = ", ".join("%s %d" % (k.lower().replace("_", "-"), v)
                             for k, v in list(r["states"].items())[:3])
             pr.append(["%s/%d" % (safe(r["comm"]), r["pid"]), str(r["sockets"]), sts])
-        out.extend(common.table(pr, "<><", maxw=w))
+        if len(pr) > 1:
+            out.extend(common.table(pr, "<><", maxw=w))
+        else:
+            out.append("no process holds a socket here (or none we may see)")
 
     t = doc["time_wait"]
     out.append("")
