@@ -203,15 +203,21 @@ def render(doc):
         out.append("")
         out.append("CONNECTIONS (%d)" % len(conns))
         if conns:
-            rows = [["STATE", "LOCAL", "REMOTE", "RECV-Q", "SEND-Q", "AGE", "PROCESS"]]
+            rows = [["STATE", "LOCAL", "REMOTE", "RECV-Q", "SEND-Q", "AGE"]]
+            procs = ["PROCESS"]
             for c in conns:
                 holders = [(o["pid"], o["comm"], o["fd"]) for o in c["owners"]]
                 rows.append([c["state"], common.fmt_ep(c["family"], c["laddr"], c["lport"]),
                              common.fmt_ep(c["family"], c["raddr"], c["rport"]),
                              str(c["recv_q"]), str(c["send_q"]),
-                             common.fmt_age(c["age_s"], c["age_estimate"]),
-                             common.fmt_owners(holders, limit=40)])
-            out.extend(common.table(rows, "<<<>><<"))
+                             common.fmt_age(c["age_s"], c["age_estimate"])])
+                procs.append(common.fmt_owners(holders, limit=w - 6))
+            for line, proc in zip(common.table(rows, "<<<>>>"), procs):
+                if len(line) + 2 + len(proc) <= w:
+                    out.append(line + "  " + proc)
+                else:   # long addresses: the process on a line of its own
+                    out.append(line)
+                    out.append("    " + proc)
     for n in doc["notes"]:
         out.append("note: " + safe(n))
     return out

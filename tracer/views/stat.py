@@ -382,9 +382,11 @@ def render(doc):
     t = doc["time_wait"]
     out.append("")
     reuse = {0: "off", 1: "on", 2: "loopback only"}.get(t["tcp_tw_reuse"], str(t["tcp_tw_reuse"]))
-    out.append("TIME_WAIT %d (max %s); ephemeral ports %d-%d (%d); tcp_tw_reuse %s (%s)" % (
+    out.append("TIME_WAIT %d (tcp_max_tw_buckets %s); ephemeral ports %d-%d (%d)" % (
         t["total"], t["max_tw_buckets"], t["ephemeral_range"][0], t["ephemeral_range"][1],
-        t["range_size"], t["tcp_tw_reuse"], reuse))
+        t["range_size"]))
+    out.append("tcp_tw_reuse %s (%s); PORTS USED: by the busiest source address"
+               % (t["tcp_tw_reuse"], reuse))
     if t["destinations"]:
         rows = [["TO", "TIME_WAIT", "OTHER", "SRCS", "PORTS USED", "REUSE"]]
         for r in t["destinations"]:
