@@ -92,18 +92,31 @@ def read_pairs(path):
     return out
 
 
-def read_sockstat(path="/proc/net/sockstat"):
+def read_sockstat(path="/proc/net/sockstat", prefix="TCP:"):
     out = {}
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith("TCP:"):
+                if line.startswith(prefix):
                     parts = line.split()[1:]
                     for k, v in zip(parts[0::2], parts[1::2]):
                         out[k] = int(v)
     except (OSError, ValueError):
         pass
     return out
+
+
+def ss_summary(sockstat, snmp):
+    """The TCP line of ``ss -s``, from the same files ss reads it from
+    (misc/ss.c: total = alloc + tw, estab = CurrEstab, closed = alloc -
+    (inuse + inuse6 - tw))."""
+    if not sockstat:
+        return None
+    inuse6 = read_sockstat("/proc/net/sockstat6", "TCP6:").get("inuse", 0)
+    alloc, tw = sockstat.get("alloc", 0), sockstat.get("tw", 0)
+    return {"total": alloc + tw, "estab": snmp.get("CurrEstab"),
+            "closed": alloc - (sockstat.get("inuse", 0) + inuse6 - tw),
+            "orphaned": sockstat.get("orphan", 0), "timewait": tw}
 
 
 def _loopback(addr):
@@ -160,6 +173,7 @@ def view(args):
     remotes = {}
     lports = {}
     dests = {}     # (family, raddr, rport) -> [tw, other, {laddr: n}]
+    tw_peers = {}  # (family, raddr) -> TIME_WAITs, either side
     syn = {}
     cws = []
     names = NAMES
@@ -185,6 +199,8 @@ def view(args):
             syn[k] = syn.get(k, 0) + 1
         elif st == CLOSE_WAIT:
             cws.append(s)
+        elif st == TIME_WAIT:
+            tw_peers[ra] = tw_peers.get(ra, 0) + 1
         if not server and lo <= lp <= hi:
             d = (fam, s.raddr, s.rport)
             e = dests.get(d)
@@ -268,6 +284,7 @@ def view(args):
 
     netstat = read_pairs("/proc/net/netstat").get("TcpExt", {})
     snmp = read_pairs("/proc/net/snmp").get("Tcp", {})
+    sockstat = read_sockstat()
     notes = []
     if owners is not None:
         n = common.note_owners(owners)
@@ -278,7 +295,8 @@ def view(args):
         "families": {"ipv4": sum(r["ipv4"] for r in state_rows),
                      "ipv6": sum(r["ipv6"] for r in state_rows)},
         "states": state_rows,
-        "sockstat": read_sockstat(),
+        "sockstat": sockstat,
+        "ss_s": ss_summary(sockstat, snmp),
         "top_remote_addresses": [{"family": f, "addr": a, "sockets": n}
                                  for (f, a), n in _top(remotes, top)],
         "top_local_ports": [{"port": p, "listening": srv, "sockets": n}
@@ -292,6 +310,8 @@ def view(args):
             "total": per_state.get(("TIME_WAIT", 4), 0) + per_state.get(("TIME_WAIT", 6), 0),
             "max_tw_buckets": common.read_int("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
             "destinations": tw_rows[:top], "destinations_total": len(tw_rows),
+            "by_remote_address": [{"family": f, "addr": a, "time_wait": n}
+                                  for (f, a), n in _top(tw_peers, top)],
         },
         "listeners": syn_rows[:top], "listeners_busy": len(syn_rows),
         "counters": {k: netstat.get(k) for k, _ in COUNTERS},
@@ -337,13 +357,12 @@ def _addr(family, addr):
 def render(doc):
     w = common.width()
     out = []
-    ss = doc["sockstat"]
     out.append("TCP sockets: %d (IPv4 %d, IPv6 %d)   %s" % (
         doc["total"], doc["families"]["ipv4"], doc["families"]["ipv6"], doc["ts"]))
-    if ss:
-        out.append("kernel: inuse %s, orphan %s, tw %s, alloc %s, mem %s pages "
-                   "(/proc/net/sockstat)" % tuple(ss.get(k, "?") for k in
-                                                  ("inuse", "orphan", "tw", "alloc", "mem")))
+    k = doc["ss_s"]
+    if k:
+        out.append("kernel, as ss -s: TCP %d (estab %s, closed %d, orphaned %d, timewait %d)"
+                   % (k["total"], k["estab"], k["closed"], k["orphaned"], k["timewait"]))
     rows = [["STATE", "IPv4", "IPv6", "TOTAL"]]
     for r in doc["states"]:
         rows.append([r["state"], str(r["ipv4"]), str(r["ipv6"]), str(r["total"])])
@@ -397,6 +416,15 @@ def render(doc):
         out.extend(common.table(rows, "<>>>><"))
         if t["destinations_total"] > len(t["destinations"]):
             out.append("  ... %d destinations in all" % t["destinations_total"])
+    if t["by_remote_address"]:
+        line = "TIME_WAIT by remote address:"
+        for i, r in enumerate(t["by_remote_address"]):
+            part = "%s %s %d" % ("," if i else "", safe(_addr(r["family"], r["addr"])),
+                                 r["time_wait"])
+            if i and len(line) + len(part) > w:
+                break
+            line += part
+        out.append(line)
 
     out.append("")
     if doc["listeners"]:
