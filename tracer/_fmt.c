@@ -17,7 +17,9 @@
  *                     (Formatter.wall_offset); must fit a signed 64-bit int.
  *     tables          dict with exactly these keys:
  *       "states"      sequence of str|None, index = TCP state number
- *                     (states.NAMES; at most 256 entries)
+ *                     (states.NAMES; at most 256 entries); None, or a
+ *                     number past the end, is no state: a record with it
+ *                     is undecodable
  *       "owner_from"  {int 0..255: str|None}   records._OWNER
  *       "role"        {int 0..255: str|None}   records._ROLE   (None -> null)
  *       "reason"      {int 0..255: str|None}   records._REASON
@@ -252,6 +254,11 @@ static int parse_states(Config *c, PyObject *seq)
 	for (Py_ssize_t i = 0; i < n; i++) {
 		PyObject *v = PySequence_Fast_GET_ITEM(fast, i);
 
+		/* None: no state has this number (0 is none in the kernel); a
+		 * record carrying it is undecodable, as records.decode has it,
+		 * not printed with a null the record contract does not allow */
+		if (v == Py_None)
+			continue;
 		if (put_value(c, v, "", &c->states.off[i], &c->states.len[i]) < 0)
 			goto fail;
 		if (PyUnicode_Check(v)) {
@@ -628,8 +635,8 @@ static char *put_comm(char *w, const char raw[ST_COMM_LEN])
 /* ---- records --------------------------------------------------------------
  *
  * Each writer returns the end of what it wrote, or NULL for a record the
- * Python reference raises on: records.state/closed index states.NAMES and
- * the enum dicts with the raw numbers (IndexError, KeyError) and
+ * Python reference raises on: records.state/closed look the raw numbers up
+ * in the named states and the enum dicts (KeyError) and
  * Formatter.addr knows families 4 and 6 only (KeyError).  The caller then
  * takes the record back and counts it undecodable.
  */

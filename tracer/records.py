@@ -90,6 +90,9 @@ class Formatter:
 
 
 _NAMES = states.NAMES
+# the numbers a kernel record may carry: 0 (and anything unnamed) is no TCP
+# state, and a record with one is corrupted: undecodable, not "old": null
+_STATE = {num: name for num, name in enumerate(_NAMES) if name}
 _NUM = states.NUMBERS
 _OWNER = wire.OWNER_FROM
 _ROLE = {k: (None if v == "unknown" else v) for k, v in wire.ROLE.items()}
@@ -186,7 +189,7 @@ def state(fmt, t, source="bpf"):
      owner_from, role, flags, reason, via, comm) = t
     tup, owner = _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm,
                       owner_from, role)
-    return state_record(fmt.ts(ts_ns), tup, owner, _NAMES[old], _NAMES[new],
+    return state_record(fmt.ts(ts_ns), tup, owner, _STATE[old], _STATE[new],
                         in_old if flags & _F_IN_OLD else None, bool(flags & _F_LOWER),
                         _VIA[via], _REASON[reason], source, False)
 
@@ -197,7 +200,10 @@ def closed(fmt, t, source="bpf"):
      family, owner_from, role, flags, end, reason, path_len, _pad, path, comm) = t
     tup, owner = _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm,
                       owner_from, role)
-    return closed_record(fmt, ts_ns, tup, owner, start_ns, spent, path[:path_len], _END[end],
+    path = path[:path_len]
+    for num in path:
+        _STATE[num]                      # KeyError for a number that is no state
+    return closed_record(fmt, ts_ns, tup, owner, start_ns, spent, path, _END[end],
                          errno_name(error), _REASON[reason], bool(flags & _F_LOWER), source,
                          False)
 
