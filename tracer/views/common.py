@@ -292,6 +292,9 @@ class Match:
         if "SYN_RECV" in self.states or "NEW_SYN_RECV" in self.states:
             self.states |= {"SYN_RECV", "NEW_SYN_RECV"}
         self.by_owner = bool(self.pids or self.comms)
+        # anything sock() would reject
+        self.narrows = bool(self.family or self.ports or self.lports or self.rports
+                            or self.nets or self.states)
         self._nets = {}
 
     def sock(self, s, states_too=True):
