@@ -484,3 +484,11 @@ def test_runtime_error_one_line(capsys, monkeypatch):
         out, err = capsys.readouterr()
         assert rc == 1 and out == ""
         assert err == "socktrace %s: sock_diag: netlink socket: Permission denied\n" % cmd
+
+
+def test_doctests():
+    import doctest
+
+    from tracer.views import common
+    res = doctest.testmod(common)
+    assert res.failed == 0 and res.attempted > 0

@@ -389,13 +389,13 @@ def owners_json(holders):
 
 
 def fmt_owners(holders, limit=None):
-    """``nginx/812,813,814 fd 6``: one group per name, pids in order, the fd
+    """``nginx/812 813 814 fd 6``: one group per name, pids in order, the fd
     when every holder has it at the same number (as pre-fork workers do).
 
     >>> fmt_owners([(812, "nginx", 6), (813, "nginx", 6), (900, "x\\x1b", 3)])
-    'nginx/812,813 fd 6, x\\\\x1b/900 fd 3'
+    'nginx/812 813 fd 6, x\\\\x1b/900 fd 3'
     >>> fmt_owners([(1, "a", 3), (2, "a", 4), (3, "a", 5)], limit=6)
-    'a/1,2…'
+    'a/1 2…'
     """
     if not holders:
         return "-"
@@ -408,7 +408,7 @@ def fmt_owners(holders, limit=None):
         g[1].add(fd)
     parts = []
     for c, (pids, fds) in groups.items():
-        t = "%s/%s" % (safe(c), ",".join(map(str, pids)))
+        t = "%s/%s" % (safe(c), " ".join(map(str, pids)))
         if len(fds) == 1:
             t += " fd %d" % next(iter(fds))
         parts.append(t)
@@ -416,6 +416,13 @@ def fmt_owners(holders, limit=None):
     if limit and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def wrap(text, width, indent):
+    """*text* on lines of at most *width*, the later ones indented."""
+    import textwrap
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=True, break_on_hyphens=False)
 
 
 def fmt_age(sec, estimate=False):

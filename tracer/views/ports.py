@@ -190,14 +190,18 @@ def render(doc):
                          str(x["total"]), ""])
             detail.append((holders, x["connections"]))
         lines = common.table(rows, "<>><")
-        # processes take what is left of the line, wrapped on the next ones
-        head = len(lines[1]) + 2 if len(lines) > 1 else 0
         out.append(lines[0])
         for line, (holders, conns) in zip(lines[1:], detail):
-            text = common.fmt_owners(holders, limit=max(20, w - head))
-            out.append(_wrap(line + "  ", text, w, head))
+            # the processes after the row when they fit, else below it
+            text = common.fmt_owners(holders)
+            if len(line) + 2 + len(text) <= w:
+                out.append(line + "  " + text)
+            else:
+                out.append(line)
+                out.extend(common.wrap(text, w, "    "))
             if conns:
-                out.append(" " * 2 + ", ".join("%s %d" % (SHORT[k], v) for k, v in conns.items()))
+                out.extend(common.wrap(", ".join("%s %d" % (SHORT[k], v)
+                                                 for k, v in conns.items()), w, "  "))
     conns = doc["connections"]
     if conns is not None:
         out.append("")
@@ -211,30 +215,13 @@ def render(doc):
                              common.fmt_ep(c["family"], c["raddr"], c["rport"]),
                              str(c["recv_q"]), str(c["send_q"]),
                              common.fmt_age(c["age_s"], c["age_estimate"])])
-                procs.append(common.fmt_owners(holders, limit=w - 6))
+                procs.append(common.fmt_owners(holders))
             for line, proc in zip(common.table(rows, "<<<>>>"), procs):
                 if len(line) + 2 + len(proc) <= w:
                     out.append(line + "  " + proc)
-                else:   # long addresses: the process on a line of its own
+                else:   # long addresses or many holders: below the row
                     out.append(line)
-                    out.append("    " + proc)
+                    out.extend(common.wrap(proc, w, "    "))
     for n in doc["notes"]:
         out.append("note: " + safe(n))
     return out
-
-
-def _wrap(prefix, text, w, indent):
-    """*prefix* + *text*, *text* wrapped at commas to width *w*."""
-    if len(prefix) + len(text) <= w or indent >= w - 20:
-        return prefix + text
-    lines = []
-    cur = prefix
-    for part in text.split(", "):
-        piece = part if cur.endswith("  ") or cur == " " * indent else ", " + part
-        if len(cur) + len(piece) > w and cur.strip():
-            lines.append(cur.rstrip() + ",")
-            cur = " " * indent + part
-        else:
-            cur += piece
-    lines.append(cur)
-    return "\n".join(lines)
