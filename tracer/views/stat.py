@@ -363,7 +363,7 @@ def render(doc):
         doc["total"], doc["families"]["ipv4"], doc["families"]["ipv6"], doc["ts"]))
     k = doc["ss_s"]
     if k:
-        out.append("kernel, as ss -s: TCP %d (estab %s, closed %d, orphaned %d, timewait %d)"
+        out.append("ss -s: TCP: %d (estab %s, closed %d, orphaned %d, timewait %d)"
                    % (k["total"], k["estab"], k["closed"], k["orphaned"], k["timewait"]))
     rows = [["STATE", "IPv4", "IPv6", "TOTAL"]]
     for r in doc["states"]:
@@ -403,7 +403,7 @@ def render(doc):
     t = doc["time_wait"]
     out.append("")
     reuse = {0: "off", 1: "on", 2: "loopback only"}.get(t["tcp_tw_reuse"], str(t["tcp_tw_reuse"]))
-    out.append("TIME_WAIT %d (tcp_max_tw_buckets %s); ephemeral ports %d-%d (%d)" % (
+    out.append("TIME_WAIT %d of max %s; ephemeral ports %d-%d (%d)" % (
         t["total"], t["max_tw_buckets"], t["ephemeral_range"][0], t["ephemeral_range"][1],
         t["range_size"]))
     out.append("tcp_tw_reuse %s (%s); PORTS USED: by the busiest source address"
