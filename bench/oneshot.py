@@ -135,13 +135,31 @@ def make_time_wait(n, deadline):
 # sets PYTHONDONTWRITEBYTECODE, which would compile every module on every
 # run: ~70 ms).  The warm-up run writes the cache.
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+NOSITE_ENV = None
+
+
+def _nosite_env():
+    """The venv's whole sys.path as PYTHONPATH, for ``python -S``: the same
+    modules without running site's .pth hooks (on this VM one imports
+    certifi for the sandbox's CA, one installs the editable-install finder:
+    together ~30 ms of every Python start, which a packaged install of
+    socktrace on an ordinary host does not pay)."""
+    out = subprocess.run([PY, "-c", "import sys; print(repr(sys.path[1:]))"],
+                         capture_output=True, text=True, check=True).stdout
+    import ast
+    env = dict(ENV)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in ast.literal_eval(out) if p])
+    return env
 
 
 def timed(argv):
+    env = ENV
+    if argv[:2] == [PY, "-S"]:
+        env = NOSITE_ENV
     t = time.perf_counter()
     with open(os.devnull, "wb") as null:
         r = subprocess.run(argv, stdout=null, stderr=subprocess.PIPE, timeout=TOOL_TIMEOUT,
-                           env=ENV)
+                           env=env)
     dt = time.perf_counter() - t
     if r.returncode != 0:
         raise RuntimeError("%s: exit %d: %s" % (" ".join(argv), r.returncode,
@@ -164,7 +182,13 @@ def inside(args):
         "socktrace ports PORT": None,           # filled in: a held listener's port
         "socktrace stat": [PY, "-m", "tracer", "stat"],
         "socktrace stat --json": [PY, "-m", "tracer", "stat", "--json"],
+        "python -c pass": [PY, "-c", "pass"],
+        "ports, python -S": [PY, "-S", "-m", "tracer", "ports"],
+        "stat, python -S": [PY, "-S", "-m", "tracer", "stat"],
+        "python -S -c pass": [PY, "-S", "-c", "pass"],
     }
+    global NOSITE_ENV
+    NOSITE_ENV = _nosite_env()
     holders = []
     results = {"sizes": [], "rounds": args.rounds, "kernel": os.uname().release,
                "cpus": os.cpu_count(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -204,10 +228,13 @@ def inside(args):
                 for name in order:
                     times[name].append(timed(tools[name]))
             after = sockstat()
+            with open("/proc/loadavg") as f:
+                load = f.read().split()[:3]
             log("size %d: rounds took %.1f s; sockstat before %s after %s"
                 % (size, time.monotonic() - t_first, before, after))
             row = {"size": size, "held_pairs": held_pairs, "holder_procs": len(holders),
                    "time_wait_made": made, "sockstat_before": before, "sockstat_after": after,
+                   "loadavg_after": load,
                    "tools": {}}
             base = statistics.median(times["ss -tanp"])
             for name in names:
@@ -234,8 +261,8 @@ def inside(args):
 
 def print_table(row):
     b = row["sockstat_before"]
-    print("\n%d sockets (sockstat before: inuse %s, tw %s)" % (row["size"], b.get("inuse"),
-                                                               b.get("tw")))
+    print("\n%d sockets (sockstat before: inuse %s, tw %s; load average after %s)"
+          % (row["size"], b.get("inuse"), b.get("tw"), " ".join(row["loadavg_after"])))
     print("%-24s %9s %9s %9s %8s" % ("tool", "median s", "min s", "max s", "x ss-tanp"))
     for name, t in row["tools"].items():
         print("%-24s %9.4f %9.4f %9.4f %8.2f" % (name, t["median_s"], t["min_s"], t["max_s"],
