@@ -78,10 +78,9 @@ class Backend:
         pass
 
 
-def open_backend(args, ports=(), lports=(), rports=(), record_types=("state", "closed"),
-                 warn=None):
+def open_backend(args, ports=(), lports=(), rports=(), record_types=("state", "closed")):
     """The backend the user asked for; with ``auto``, eBPF or else /proc
-    with a one-line note (through *warn*) saying why."""
+    with a one-line note (in its ``notes``) saying why."""
     if args.backend in ("auto", "bpf"):
         try:
             from .bpf_backend import BpfBackend
@@ -95,10 +94,22 @@ def open_backend(args, ports=(), lports=(), rports=(), record_types=("state", "c
                                   record_types=record_types).open()
             except Unavailable as e:
                 why = str(e)
+                sized = [opt for opt, v, default in (
+                    ("--max-sockets %s" % args.max_sockets, args.max_sockets, 262144),
+                    ("--ringbuf-mb %s" % args.ringbuf_mb, args.ringbuf_mb, 16))
+                    if v != default]
+                if sized and "failed to load" in why:
+                    # the sizes asked for are part of what failed: polling
+                    # /proc instead would quietly drop what the user set
+                    raise Failure("%s: %s" % (" ".join(sized), why))
         if args.backend == "bpf":
             raise Failure("eBPF backend unavailable: %s" % why)
-        if warn:
-            warn("eBPF unavailable (%s); polling /proc instead" % why)
     from .proc_backend import ProcBackend
 
-    return ProcBackend(interval=args.interval).open()
+    backend = ProcBackend(interval=args.interval).open()
+    if args.backend == "auto":
+        # one line says both why and what instead: the last note is the
+        # proc backend's "polling ..."
+        poll = backend.notes.pop() if backend.notes else "polling /proc instead"
+        backend.notes.insert(0, "eBPF unavailable (%s); %s" % (why, poll))
+    return backend

@@ -134,8 +134,7 @@ def run(args, ports=(), lports=(), rports=()):
     flags.install()
 
     backend = open_backend(args, ports, lports, rports,
-                           record_types=tuple(t for t in ("state", "closed") if t in types),
-                           warn=lambda msg: say("socktrace: %s\n" % one_line(msg)))
+                           record_types=tuple(t for t in ("state", "closed") if t in types))
     for note in backend.notes:
         say("socktrace: %s\n" % one_line(note))
     source = backend.source
