@@ -20,9 +20,12 @@ examples:
   socktrace ports 5432 --state close-wait   who leaks CLOSE_WAIT on 5432
   socktrace ports --comm nginx --json | jq .listeners
 
-Ages: TIME_WAIT from its timer (exact), CLOSE_WAIT ~ time since data last
-arrived (an estimate, marked ~), others unknown (-).  Filters select the
-sockets listed; --state applies to connections, not to listeners.
+ACCEPT-Q: a listener's accept queue now / its maximum (the backlog).  RQ, SQ:
+a connection's bytes not yet read / not yet acknowledged (ss's Recv-Q,
+Send-Q).  AGE: TIME_WAIT from its timer (exact), CLOSE_WAIT ~ time since
+data last arrived (an estimate, marked ~), others unknown (-).
+Filters select the sockets listed; --state applies to connections, not to
+listeners.
 """
 
 LISTEN = states.LISTEN
@@ -207,7 +210,7 @@ def render(doc):
         out.append("")
         out.append("CONNECTIONS (%d)" % len(conns))
         if conns:
-            rows = [["STATE", "LOCAL", "REMOTE", "RECV-Q", "SEND-Q", "AGE"]]
+            rows = [["STATE", "LOCAL", "REMOTE", "RQ", "SQ", "AGE"]]
             procs = ["PROCESS"]
             for c in conns:
                 holders = [(o["pid"], o["comm"], o["fd"]) for o in c["owners"]]
@@ -221,7 +224,10 @@ def render(doc):
                     out.append(line + "  " + proc)
                 else:   # long addresses or many holders: below the row
                     out.append(line)
-                    out.extend(common.wrap(proc, w, "    "))
+                    if len(proc) + 4 <= w:
+                        out.append("    " + proc)
+                    else:
+                        out.extend(common.wrap(proc, w, "    "))
     for n in doc["notes"]:
         out.append("note: " + safe(n))
     return out
