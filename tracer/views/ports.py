@@ -15,8 +15,8 @@ from . import common
 
 EPILOG = """\
 examples:
-  socktrace ports                   every listener, its queue, connections, processes
-  socktrace ports 8080              the listener on 8080 and every connection on it
+  socktrace ports                   listeners: queues, connections, processes
+  socktrace ports 8080              the listener on 8080, every connection on it
   socktrace ports 5432 --state close-wait   who leaks CLOSE_WAIT on 5432
   socktrace ports --comm nginx --json | jq .listeners
 
@@ -42,7 +42,7 @@ SHORT = {"ESTABLISHED": "estab", "SYN_RECV": "syn-recv", "SYN_SENT": "syn-sent",
 
 def build_parser():
     p = common.parser("ports", "Listeners with their queues, connections and every "
-                      "process holding them; with PORT, every connection on it.",
+                      "process holding them;\nwith PORT, every connection on it.",
                       EPILOG)
     p.add_argument("PORT", nargs="*", type=_one_port,
                    help="show this port's listeners and every connection on it")

@@ -57,8 +57,8 @@ SNMP = ("ActiveOpens", "PassiveOpens", "AttemptFails", "EstabResets", "CurrEstab
 
 def build_parser():
     p = common.parser("stat", "Counts per state and family, top peers, ports and "
-                      "processes, TIME_WAIT against the ephemeral port range, "
-                      "SYN_RECV per listener, listen overflows, the oldest CLOSE_WAIT.",
+                      "processes,\nTIME_WAIT against the ephemeral port range, "
+                      "SYN_RECV per listener,\nlisten overflows, the oldest CLOSE_WAIT.",
                       EPILOG)
     p.add_argument("--top", type=common._positive_int, default=5, metavar="N",
                    help="entries per top list (default 5)")
