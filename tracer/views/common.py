@@ -18,13 +18,14 @@ no owner, and the view says so once.
 """
 
 import argparse
+import marshal
 import os
 import sys
 import time
 
 from .. import sockdiag, states
 from ..owners import read_comm
-from ..text import safe
+from ..text import one_line, safe
 
 TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, include/net/tcp.h: not tunable
 
@@ -112,7 +113,8 @@ def parse_args(p, prog, argv):
     try:
         return p.parse_args(argv), None
     except UsageError as e:
-        sys.stderr.write("socktrace %s: %s (try socktrace %s -h)\n" % (prog, e, prog))
+        sys.stderr.write("socktrace %s: %s (try socktrace %s -h)\n" % (prog, one_line(str(e)),
+                                                                       prog))
         return None, 2
     except SystemExit as e:  # -h
         return None, (e.code if isinstance(e.code, int) else 0)
@@ -126,10 +128,10 @@ def run(prog, p, view, argv):
     try:
         return view(args)
     except (Failure, sockdiag.SockDiagError) as e:
-        sys.stderr.write("socktrace %s: %s\n" % (prog, e))
+        sys.stderr.write("socktrace %s: %s\n" % (prog, one_line(str(e))))
         return 1
     except OSError as e:
-        sys.stderr.write("socktrace %s: %s\n" % (prog, e.strerror or e))
+        sys.stderr.write("socktrace %s: %s\n" % (prog, one_line(str(e.strerror or e))))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -172,8 +174,55 @@ class Owners:
         self.denied = 0
         self.walked = False
         self._all = None
+        self._child = None
 
-    def _collect(self):
+    def start(self):
+        """Walk in a forked child while this process dumps: both mostly
+        wait on the kernel (readlink, netlink), and a child has no GIL to
+        share.  The child skips its own fd table (a copy of ours)."""
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return self
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return self
+        if pid == 0:   # the child: walk, send, exit without cleanup
+            status = 1
+            try:
+                os.close(r)
+                self._collect(skip=os.getpid())
+                data = marshal.dumps((self.denied, self._all))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view):]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        self._child = (pid, r)
+        return self
+
+    def _join(self):
+        pid, r = self._child
+        self._child = None
+        chunks = []
+        try:
+            while True:
+                b = os.read(r, 1 << 20)
+                if not b:
+                    break
+                chunks.append(b)
+        finally:
+            os.close(r)
+            _, status = os.waitpid(pid, 0)
+        if status == 0 and chunks:
+            self.denied, self._all = marshal.loads(b"".join(chunks))
+
+    def _collect(self, skip=None):
         root = self.proc_root
         prefix = "socket:["
         found = {}
@@ -187,6 +236,8 @@ class Owners:
         pids.sort()
         denied = 0
         for pid in pids:
+            if pid == skip:
+                continue
             try:
                 dfd = os.open("%s/%d/fd" % (root, pid), flags)
             except PermissionError:
@@ -221,6 +272,8 @@ class Owners:
 
     def finish(self, wanted):
         """Owners of the inodes in the set *wanted* (the walk done first)."""
+        if self._child is not None:
+            self._join()
         self.walked = True
         if not wanted:
             return self    # nothing to look for (TIME_WAITs only): no walk
@@ -255,10 +308,12 @@ class Snapshot:
     comes after the dump: a socket closed in between has no owner, one
     opened in between is not in the dump."""
 
-    def __init__(self, family=None, states_mask=sockdiag.ALL):
+    def __init__(self, family=None, states_mask=sockdiag.ALL, owners=False):
         self.families = (family,) if family else (4, 6)
         self.t = time.time()
         self.owners = Owners()
+        if owners:
+            self.owners.start()
         self.sockets = sockdiag.dump(self.families, states_mask)
         self.cw_idle = {}  # cookie -> tcpi_last_data_recv ms, CLOSE_WAIT only
 
