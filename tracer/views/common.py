@@ -18,7 +18,6 @@ no owner, and the view says so once.
 """
 
 import argparse
-import marshal
 import os
 import sys
 import time
@@ -174,55 +173,8 @@ class Owners:
         self.denied = 0
         self.walked = False
         self._all = None
-        self._child = None
 
-    def start(self):
-        """Walk in a forked child while this process dumps: both mostly
-        wait on the kernel (readlink, netlink), and a child has no GIL to
-        share.  The child skips its own fd table (a copy of ours)."""
-        try:
-            r, w = os.pipe()
-        except OSError:
-            return self
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(r)
-            os.close(w)
-            return self
-        if pid == 0:   # the child: walk, send, exit without cleanup
-            status = 1
-            try:
-                os.close(r)
-                self._collect(skip=os.getpid())
-                data = marshal.dumps((self.denied, self._all))
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(w, view):]
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(w)
-        self._child = (pid, r)
-        return self
-
-    def _join(self):
-        pid, r = self._child
-        self._child = None
-        chunks = []
-        try:
-            while True:
-                b = os.read(r, 1 << 20)
-                if not b:
-                    break
-                chunks.append(b)
-        finally:
-            os.close(r)
-            _, status = os.waitpid(pid, 0)
-        if status == 0 and chunks:
-            self.denied, self._all = marshal.loads(b"".join(chunks))
-
-    def _collect(self, skip=None):
+    def _collect(self):
         root = self.proc_root
         prefix = "socket:["
         found = {}
@@ -236,8 +188,6 @@ class Owners:
         pids.sort()
         denied = 0
         for pid in pids:
-            if pid == skip:
-                continue
             try:
                 dfd = os.open("%s/%d/fd" % (root, pid), flags)
             except PermissionError:
@@ -272,8 +222,6 @@ class Owners:
 
     def finish(self, wanted):
         """Owners of the inodes in the set *wanted* (the walk done first)."""
-        if self._child is not None:
-            self._join()
         self.walked = True
         if not wanted:
             return self    # nothing to look for (TIME_WAITs only): no walk
@@ -308,12 +256,10 @@ class Snapshot:
     comes after the dump: a socket closed in between has no owner, one
     opened in between is not in the dump."""
 
-    def __init__(self, family=None, states_mask=sockdiag.ALL, owners=False):
+    def __init__(self, family=None, states_mask=sockdiag.ALL):
         self.families = (family,) if family else (4, 6)
         self.t = time.time()
         self.owners = Owners()
-        if owners:
-            self.owners.start()
         self.sockets = sockdiag.dump(self.families, states_mask)
         self.cw_idle = {}  # cookie -> tcpi_last_data_recv ms, CLOSE_WAIT only
 
