@@ -24,6 +24,7 @@ examples:
   socktrace --dump-every 10         also every socket, with ids and ages, every 10 s
   kill -USR1 $(pidof -x socktrace)  dump every socket now
   socktrace --records closed        one record per connection, as tcplife
+  socktrace --format ecs -o /var/log/socktrace.ndjson   for Elastic/OpenSearch
   socktrace | jq -c 'select(.new=="TIME_WAIT")'
 
 Family, port and pid filters run in the kernel: what they reject costs
@@ -162,8 +163,9 @@ def build_parser():
                 "this host, with owners and durations, as NDJSON.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout (appends)")
-    p.add_argument("--format", choices=("json", "text"), default="json",
-                   help="json: one object per line (default); text: aligned columns")
+    p.add_argument("--format", choices=("json", "text", "ecs"), default="json",
+                   help="json: one object per line (default); text: aligned columns; "
+                        "ecs: NDJSON in the Elastic Common Schema 8.x")
     p.add_argument("--duration", type=_positive(float), metavar="SECONDS",
                    help="stop after this long")
     fam = p.add_mutually_exclusive_group()

@@ -121,11 +121,11 @@ def summary(backend, ts, received, lost_total):
 
 
 def run(args, ports=(), lports=(), rports=()):
-    from .sink import JsonSink, OutputError, SinkClosed, TextSink
+    from .sink import EcsSink, JsonSink, OutputError, SinkClosed, TextSink
 
     types = set(args.records)
     try:
-        sink = (TextSink if args.format == "text" else JsonSink)(args.output)
+        sink = {"text": TextSink, "ecs": EcsSink}.get(args.format, JsonSink)(args.output)
     except OutputError as e:
         raise Failure(str(e))
     out = sink.out
@@ -145,7 +145,7 @@ def run(args, ports=(), lports=(), rports=()):
     want = keep if keep.active else None
     # the kernel emits only the types asked for; the proc backend all
     fast = getattr(backend, "read_ndjson", None) if (
-        isinstance(sink, JsonSink) and not keep.narrows_records) else None
+        type(sink) is JsonSink and not keep.narrows_records) else None
     lost_total = {}
     received = [0]
     now = time.monotonic()

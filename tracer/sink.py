@@ -240,6 +240,20 @@ class JsonSink:
         self.out.close()
 
 
+class EcsSink(JsonSink):
+    """NDJSON in the Elastic Common Schema (tracer/ecs.py)."""
+
+    def __init__(self, path=None):
+        super().__init__(path)
+        from .ecs import Ecs
+        self.ecs = Ecs()
+
+    def write(self, records):
+        if records:
+            to_ecs = self.ecs.record
+            self.out.write(self.encode([to_ecs(r) for r in records]), len(records))
+
+
 def _ns(ns):
     """Human duration: 812ns, 35.2us, 4.10ms, 1.50s, 61.2s."""
     if ns is None:
