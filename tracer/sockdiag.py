@@ -457,12 +457,16 @@ def parse(buf, info=True, what="dump"):
 # --- talking to the kernel ----------------------------------------------------
 
 
-def request(family, states=ALL, info=False, seq=1, protocol=socket.IPPROTO_TCP):
-    """The bytes of one dump request: nlmsghdr + inet_diag_req_v2.
+def request(family, states=ALL, info=False, seq=1, protocol=socket.IPPROTO_TCP,
+            bytecode=None):
+    """The bytes of one dump request: nlmsghdr + inet_diag_req_v2, and
+    *bytecode* (from :func:`port_filter`) as INET_DIAG_REQ_BYTECODE.
 
     >>> r = request(4, info=True)
     >>> len(r), r[4:6] == struct.pack("=H", 20), r[16:19]
     (72, True, b'\\x02\\x06\\x02')
+    >>> len(request(4, bytecode=port_filter(sports=[80])))
+    84
     """
     try:
         af = _FAMILIES[family]
@@ -471,10 +475,61 @@ def request(family, states=ALL, info=False, seq=1, protocol=socket.IPPROTO_TCP):
     if not 0 <= states <= _MASK32:
         raise ValueError("states must be a 32-bit mask, not %r" % (states,))
     ext = 1 << (INET_DIAG_INFO - 1) if info else 0
+    attr = b""
+    if bytecode:
+        attr = _NLA.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+        attr += b"\0" * (-len(attr) % 4)
     return _REQ.pack(
-        _REQ.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
+        _REQ.size + len(attr), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
         af, protocol, ext, states,
-    )
+    ) + attr
+
+
+# inet_diag bytecode (include/uapi/linux/inet_diag.h; net/ipv4/inet_diag.c
+# inet_diag_bc_run): a list of struct inet_diag_bc_op {u8 code, yes; u16
+# no}, run from the start; each op jumps forward *yes* or *no* bytes; a
+# socket is sent when the program ends exactly at its end.  A port test
+# takes two ops, the port in the second one's ``no`` (host order).
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_JMP = 1
+INET_DIAG_BC_S_EQ = 11
+INET_DIAG_BC_D_EQ = 12
+_BC_OP = struct.Struct("=BBH")
+MAX_FILTER_PORTS = 1000   # the program must fit a netlink message
+
+
+def port_filter(sports=(), dports=()):
+    """Bytecode that passes a socket whose local port is in *sports* or
+    whose remote port is in *dports* (an OR of equality tests, as ss
+    builds for ``sport = :80 or dport = :80``).  None when there is nothing to
+    test (no filter).
+
+    >>> port_filter(sports=[80]).hex()    # S_EQ yes 8 no 12 (reject); port 80
+    '0b080c0000005000'
+    >>> port_filter() is None
+    True
+    """
+    tests = [(INET_DIAG_BC_S_EQ, p) for p in sorted(set(sports))]
+    tests += [(INET_DIAG_BC_D_EQ, p) for p in sorted(set(dports))]
+    if not tests:
+        return None
+    if len(tests) > MAX_FILTER_PORTS:
+        raise ValueError("too many ports for one filter: %d" % len(tests))
+    # ss's layout (misc/ss.c, ssfilter_bytecompile): test, JMP, test, ...
+    # A test jumps 8 (on) when it matches and 12 when not: past the JMP to
+    # the next test, or, for the last one, 4 bytes beyond the end (reject).
+    # A JMP always takes its ``no``: to the end (accept).  The kernel's
+    # audit wants every ``no`` target on the chain of ``yes`` jumps, which
+    # this layout gives.
+    out = []
+    n = len(tests)
+    for i, (code, port) in enumerate(tests):
+        out.append(_BC_OP.pack(code, 8, 12))
+        out.append(_BC_OP.pack(0, 0, port))
+        if i + 1 < n:
+            rest = (n - 1 - i) * 8 + (n - 2 - i) * 4   # bytes after this JMP
+            out.append(_BC_OP.pack(INET_DIAG_BC_JMP, 4, rest + 4))
+    return b"".join(out)
 
 
 def _open():
@@ -515,13 +570,15 @@ def _what(family):
     return "IPv%d dump" % family
 
 
-def dump(families=(4, 6), states=ALL, info=False):
+def dump(families=(4, 6), states=ALL, info=False, bytecode=None):
     """Dump the TCP sockets of this network namespace.
 
     *families*: any of 4 and 6, dumped one after the other on one netlink
     socket (a socket that moves between the two dumps can be missed or
     seen twice, as with ss).  *states*: bitmask of 1 << state (ALL: every
     state).  *info*: also ask for struct tcp_info, for last_data_recv_ms.
+    *bytecode*: a kernel-side filter (:func:`port_filter`): the kernel
+    still walks every socket but sends only those that pass.
     Returns a list of DiagSocket; raises SockDiagError.
 
     Each call opens its own netlink socket (closed on every path), so
@@ -533,7 +590,8 @@ def dump(families=(4, 6), states=ALL, info=False):
     whole TCP hash tables: an IPv6 dump of a host with only IPv4 sockets
     costs nearly as much kernel time as the IPv4 one.
     """
-    reqs = [(f, request(f, states, info, seq)) for seq, f in enumerate(families, 1)]
+    reqs = [(f, request(f, states, info, seq, bytecode=bytecode))
+            for seq, f in enumerate(families, 1)]
     out = []
     buf = bytearray(RECV_BUFSIZE)
     mv = memoryview(buf)

@@ -27,6 +27,7 @@ from ..owners import read_comm
 from ..text import one_line, safe
 
 TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, include/net/tcp.h: not tunable
+LISTEN_BIT = 1 << states.LISTEN
 
 
 class UsageError(Exception):
@@ -254,14 +255,46 @@ class Owners:
 class Snapshot:
     """One dump, and (walk_owners()) the owners of its sockets.  The walk
     comes after the dump: a socket closed in between has no owner, one
-    opened in between is not in the dump."""
+    opened in between is not in the dump.
 
-    def __init__(self, family=None, states_mask=sockdiag.ALL):
+    With *sports* / *dports* (sets of ports), listeners come from a dump of
+    their own (cheap: the kernel then walks only its listening table) and
+    the other sockets from a dump the kernel filters: only those with a
+    local port in *sports* or a remote port in *dports* cross into user
+    space (sock_diag bytecode, as ``ss 'sport = :80'``).  A view that needs
+    the listeners' ports first calls listeners() and rest() itself.
+    """
+
+    def __init__(self, family=None, states_mask=sockdiag.ALL, sports=None, dports=None,
+                 dump=True):
         self.families = (family,) if family else (4, 6)
         self.t = time.time()
         self.owners = Owners()
-        self.sockets = sockdiag.dump(self.families, states_mask)
         self.cw_idle = {}  # cookie -> tcpi_last_data_recv ms, CLOSE_WAIT only
+        self.sockets = []
+        if not dump:
+            return
+        if sports is None and dports is None:
+            self.sockets = sockdiag.dump(self.families, states_mask)
+        else:
+            lsn = self.listeners() if states_mask & LISTEN_BIT else []
+            self.sockets = lsn + self.rest(states_mask, sports, dports)
+
+    def listeners(self):
+        return sockdiag.dump(self.families, LISTEN_BIT)
+
+    def rest(self, states_mask, sports, dports):
+        """Every socket but listeners with a local port in *sports* or a
+        remote port in *dports* (all of them when the filter would be too
+        long for the kernel)."""
+        mask = states_mask & ~LISTEN_BIT
+        if not mask or not (sports or dports):
+            return []
+        if len(sports or ()) + len(dports or ()) > sockdiag.MAX_FILTER_PORTS:
+            return [s for s in sockdiag.dump(self.families, mask)
+                    if s.lport in sports or s.rport in dports]
+        return sockdiag.dump(self.families, mask,
+                             bytecode=sockdiag.port_filter(sports or (), dports or ()))
 
     def walk_owners(self, socks=None):
         socks = self.sockets if socks is None else socks

@@ -9,7 +9,7 @@ every connection on it, with its owners and its age where the kernel tells
 it, as ``lsof -i :PORT`` would list them.
 """
 
-from .. import states
+from .. import sockdiag, states
 from ..text import safe
 from . import common
 
@@ -95,13 +95,22 @@ def _state_counts(socks):
 def view(args):
     want = set(args.PORT)
     m = common.Match(args)
-    snap = common.Snapshot(args.family)
-    socks = snap.sockets
-    narrowed = bool(want or m.ports or m.lports or m.rports or m.by_owner or m.states
-                    or m.nets)
+    by_port = bool(want or m.ports or m.lports or m.rports)
+    narrowed = by_port or bool(m.by_owner or m.states or m.nets)
+    # Listeners first (the kernel walks only its listening table for them),
+    # then only the sockets on the ports that matter, filtered in the
+    # kernel: at 100k sockets most never cross into Python.
+    snap = common.Snapshot(args.family, dump=False)
+    lsn = snap.listeners()
+    lcands = [s for s in lsn if (not want or s.lport in want) and m.sock(s, states_too=False)]
+    if narrowed and not by_port:
+        rest = sockdiag.dump(snap.families, sockdiag.ALL & ~common.LISTEN_BIT)
+    else:
+        sports = {s.lport for s in lcands} | want | m.ports | m.lports
+        dports = (want | m.ports | m.rports) if narrowed else set()
+        rest = snap.rest(sockdiag.ALL, sports, dports)
+    socks = snap.sockets = lsn + rest
 
-    lcands = [s for s in socks if s.state == LISTEN and (not want or s.lport in want)
-              and m.sock(s, states_too=False)]
     ccands = []
     if narrowed:
         for s in socks:

@@ -143,7 +143,12 @@ def view(args):
     # listeners are needed for the per-listener figures even when --state
     # leaves them out: dump them too, count them only if asked
     want_owners = not args.no_owners or m.by_owner
-    snap = common.Snapshot(args.family, mask | (1 << LISTEN))
+    if m.ports or m.lports or m.rports:
+        # only sockets on those ports leave the kernel (listeners all)
+        snap = common.Snapshot(args.family, mask | (1 << LISTEN), sports=m.ports | m.lports,
+                               dports=m.ports | m.rports)
+    else:
+        snap = common.Snapshot(args.family, mask | (1 << LISTEN))
     allsocks = snap.sockets
     socks = [s for s in allsocks if m.sock(s)] if m.narrows else allsocks
     owners = None
