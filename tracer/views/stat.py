@@ -12,6 +12,7 @@ cookies, request-queue drops, TIME_WAIT overflow.  /proc/net/sockstat is
 what ``ss -s`` prints.
 """
 
+import heapq
 import ipaddress
 from collections import Counter
 from operator import itemgetter
@@ -131,7 +132,14 @@ def _loopback(addr):
 
 
 def _top(counter, n):
-    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    """The *n* largest counts, ties by key.  Only the entries that can make
+    the cut are sorted in Python (a host's 10k client ports count 1 each)."""
+    if len(counter) <= n:
+        return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    floor = heapq.nlargest(n, counter.values())[-1]
+    big = [kv for kv in counter.items() if kv[1] > floor]
+    ties = sorted(k for k, v in counter.items() if v == floor)[:n - len(big)]
+    return sorted(big, key=lambda kv: (-kv[1], kv[0])) + [(k, floor) for k in ties]
 
 
 # --- the view --------------------------------------------------------------------
