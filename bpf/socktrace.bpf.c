@@ -17,6 +17,9 @@
  *   ST_RINGBUF_PAGES    ring buffer size in pages (power of two)
  *   ST_USE_PERFBUF      kernel < 5.8: perf buffer instead of the ring buffer
  *   ST_TCP_SET_STATE    kernel 4.15: hook tcp:tcp_set_state instead
+ *   ST_LATE_CHILD_TUPLE kernel < 6.15: an accepted socket's LISTEN->SYN_RECV
+ *                       comes before its tuple is set (see on_set_state);
+ *                       the port filters wait for its next transition
  *   ST_TW_HANDLER       address of tw_timer_handler; 0 disables TIME_WAIT
  *   ST_OFF_TW_TIMER, ST_OFF_TW_SUBSTATE, ST_OFF_TIMER_EXPIRES
  *                       BTF offsets; without them every timewait arm is
@@ -472,6 +475,19 @@ static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u
 #endif
 }
 
+/* A state number as an array index the verifier can bound.  The compiler
+ * drops a plain `old & 15` where it knows `old` already (FIN_WAIT1,
+ * FIN_WAIT2 or CLOSING, on the way to TIME_WAIT); the 6.18 verifier follows
+ * that, Debian 12's 6.1 refused the program ("R3 unbounded memory
+ * access").  The empty asm hides the value, so the mask stays. */
+static __always_inline __u32 state_idx(int state)
+{
+	__u32 i = state;
+
+	asm volatile("" : "+r"(i));
+	return i & (ST_NR_STATES - 1);
+}
+
 /* The story leaves state `old` at `ts`: time, path, transition count and
  * histogram.  A time that is only a lower bound stays out of the histogram. */
 static __always_inline void leave(struct st_story *s, int old, int new, __u64 ts, int slot)
@@ -487,7 +503,7 @@ static __always_inline void leave(struct st_story *s, int old, int new, __u64 ts
 	/* CLOSE is no state of the connection's; a new child socket never
 	 * was in its listener's LISTEN */
 	if (old != TCP_CLOSE && !(old == TCP_LISTEN && new == TCP_SYN_RECV)) {
-		s->spent[old & (ST_NR_STATES - 1)] += in_old;
+		s->spent[state_idx(old)] += in_old;
 		if (s->path_len < ST_PATH_LEN)
 			s->path[s->path_len & (ST_PATH_LEN - 1)] = old;
 		else
@@ -698,6 +714,13 @@ static __always_inline int filtered_out(__u64 sk, int new, __u16 sport, __u16 dp
 	__u8 lb = l ? *l : 0, rb = r ? *r : 0;
 	if ((lb & 1) || (rb & 1) || (lb & 2) || (rb & 4))
 		return 0;
+#ifdef ST_LATE_CHILD_TUPLE
+	/* an accepted socket whose tuple the kernel has not set yet (see
+	 * on_set_state): decided at its next transition, which clears it
+	 * below if the ports are not wanted */
+	if (new == TCP_SYN_RECV && !dport)
+		return 0;
+#endif
 #ifdef ST_FILTER_LPORTS
 	if (!sport)
 		return 0;
@@ -712,10 +735,13 @@ out: __attribute__((unused));
 		/* its timewait arm, if any, must not be taken by another socket */
 		if (arm)
 			arm->timer = 0;
-#ifdef ST_FILTER_LPORTS
+#if defined(ST_FILTER_LPORTS) && !defined(ST_LATE_CHILD_TUPLE)
 		forget_sock(sk);
 #endif
 	}
+#if defined(ST_FILTER_PORTS) && defined(ST_LATE_CHILD_TUPLE)
+	forget_sock(sk);
+#endif
 	return 1;
 }
 
@@ -786,6 +812,14 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	bpf_probe_read_kernel(s->daddr, 16, daddr6);
 #endif
 
+	/* The accepted socket's first record, held back (below) until the
+	 * tuple is known: it goes out now, with the time it happened. */
+	if (si && si->held) {
+		si->held = 0;
+		emit_state(ctx, s, s->ts, TCP_LISTEN, TCP_SYN_RECV, 0, 0, ST_VIA_KERNEL,
+			   ST_REASON_NONE, slot);
+	}
+
 	/* Owner: only connect() and listen() run in the owner's context. */
 	if (new == TCP_SYN_SENT || new == TCP_LISTEN) {
 		s->pid = bpf_get_current_pid_tgid() >> 32;
@@ -843,7 +877,19 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	}
 
 	leave(s, old, new, now, slot);
-	emit_state(ctx, s, now, old, new, in_old, flags, ST_VIA_KERNEL, ST_REASON_NONE, slot);
+	if (old == TCP_LISTEN && new == TCP_SYN_RECV && !dport) {
+		/* Before Linux 6.15 (commit a3a128f611a9, "inet: consolidate
+		 * inet_csk_clone_lock()") a child socket enters SYN_RECV
+		 * before the peer's address and port are copied into it: the
+		 * tracepoint shows remote 0.0.0.0:0 and, for a wildcard
+		 * listener, local 0.0.0.0.  No peer has port 0, so hold the
+		 * record until the socket's next transition (SYN_RECV->
+		 * ESTABLISHED, in the same softirq), when the tuple is set. */
+		s->held = 1;
+	} else {
+		emit_state(ctx, s, now, old, new, in_old, flags, ST_VIA_KERNEL,
+			   ST_REASON_NONE, slot);
+	}
 
 	if (new == TCP_CLOSE) {
 		emit_closed(ctx, s, now, read_err(sk), ST_REASON_NONE, slot);

@@ -179,7 +179,8 @@ struct st_story {
 	__u8  state;			/* current state (timewait: its substate) */
 	__u8  cur_lower;		/* ts is a lower bound: older than us */
 	__u8  path_len;
-	__u8  pad;
+	__u8  held;			/* its LISTEN->SYN_RECV record waits for
+					 * the peer's address (kernels < 6.15) */
 	__u8  path[ST_PATH_LEN];
 	char  comm[ST_COMM_LEN];
 };

@@ -34,6 +34,7 @@ DEFAULT_RINGBUF_MB = 16
 
 _U64 = struct.Struct("<Q")
 _HDR = struct.Struct("<II")
+_U32 = struct.Struct("<I")
 _BUSY = 1 << 31
 _LEN_MASK = 0x3FFFFFFF
 # One read takes at most this many bytes of records (about 8k state
@@ -160,6 +161,10 @@ class BpfBackend(Backend):
             flags.append("-DST_USE_PERFBUF")
         if self.tp_category == "tcp":
             flags.append("-DST_TCP_SET_STATE")
+        if kernel_version() < (6, 15):
+            # an accepted socket's LISTEN->SYN_RECV comes before its tuple
+            # is set (fixed in 6.15): the port filters wait for the next one
+            flags.append("-DST_LATE_CHILD_TUPLE")
         handler = kallsyms_address("tw_timer_handler") if self.timewait else 0
         if self.timewait and not handler:
             self.notes.append("TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms"
@@ -269,7 +274,15 @@ class BpfBackend(Backend):
         else:
             raise Unavailable("this kernel (%s) has neither sock:inet_sock_set_state "
                               "nor tcp:tcp_set_state" % platform.release())
-        self.use_perfbuf = kernel_version() < (5, 8)
+        # the ring buffer came in 5.8; SOCKTRACE_BUFFER=perf takes the older
+        # kernels' perf buffer anyway (tests compare the two)
+        self.use_perfbuf = (kernel_version() < (5, 8)
+                            or os.environ.get("SOCKTRACE_BUFFER") == "perf")
+        if kernel_version() < (5, 12):
+            # bpf_prog_info.recursion_misses came in 5.12
+            self.notes.append("kernel %s does not count the transitions it skips a program "
+                              "for (recursion_misses needs Linux 5.12): a loss there goes "
+                              "unreported" % platform.release())
 
         from bcc import BPF  # lazy: the proc backend must work without bcc
 
@@ -435,8 +448,13 @@ class BpfBackend(Backend):
         return data, data.count(b"\n")
 
     def _on_perf(self, cpu, data, size):
-        # laid out as the ring buffer's records, so that one decoder serves
+        # laid out as the ring buffer's records, so that one decoder serves.
+        # perf pads a sample's data so that it and its 4-byte size end on 8
+        # bytes (a 96-byte record comes as 100): the length is its kind's.
         body = ctypes.string_at(data, size)
+        want = wire.SIZES.get(_U32.unpack_from(body)[0]) if size >= 4 else None
+        if want is not None and want <= size:
+            body, size = body[:want], want
         self._pending.append(_HDR.pack(size, 0) + body + bytes(-size % 8))
 
     def _on_perf_lost(self, count):

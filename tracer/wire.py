@@ -87,7 +87,7 @@ STORY = struct.Struct("<QQQ%dQQQ16s16sHHIIBBBBBBBB%ds%ds4x"
 STORY_FIELDS = (
     "conn", "start_ns", "ts", "spent", "deadline", "len_j", "saddr", "daddr",
     "sport", "dport", "pid", "netns", "family", "owner_from", "role", "flags",
-    "state", "cur_lower", "path_len", "pad", "path", "comm",
+    "state", "cur_lower", "path_len", "held", "path", "comm",
 )
 Story = namedtuple("Story", STORY_FIELDS)
 SEED = struct.Struct("<Q16s16sHHIBBBBB3s%ds" % COMM_LEN)
