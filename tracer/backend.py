@@ -22,6 +22,9 @@ tests/test_backends.py is the conformance test both pass.
     reconcile()       [closed records] for connections the backend still
                       held but the kernel no longer has, ended unseen; each
                       one is also dropped from the backend's memory.
+    stats()           running tallies for --metrics: {"transitions":
+                      {(old, new): n}, "durations": {STATE: hist bucket
+                      counts (tracer/hist.py)}, "ends": {end: n}}.
     report()          the exit report's figures: {"transitions":
                       {"OLD->NEW": n}, "durations": {STATE: {"count",
                       "p50_ns", "p90_ns", "p99_ns", "max_ns"}}, "current":

@@ -132,6 +132,14 @@ RECORD_TYPES = spec.RECORD_TYPES
 DEFAULT_RECORDS = tuple(t for t in RECORD_TYPES if t != "summary")
 
 
+def _metrics_addr(text):
+    from .metrics import parse_addr
+    try:
+        return parse_addr(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def _records(text):
     out = []
     for part in text.split(","):
@@ -196,6 +204,8 @@ def build_parser():
                    help="record types to write: state, closed, socket, lost, summary "
                         "(default: all but summary); without state the kernel sends "
                         "one record per connection")
+    p.add_argument("--metrics", type=_metrics_addr, metavar="ADDR:PORT",
+                   help="serve Prometheus metrics here (e.g. 127.0.0.1:9464)")
     p.add_argument("--summary", action="store_true",
                    help="also emit the exit report as a {\"type\":\"summary\"} record")
     p.add_argument("--no-report", action="store_true", help="no exit report on stderr")

@@ -264,6 +264,7 @@ class ProcBackend(Backend):
         self._conns = 0
         self._transitions = {}           # "OLD->NEW" -> n
         self._hist = {}                  # state -> [{bucket: n}, max, count]
+        self._ends = {}                  # closed records by end
 
     # -- set-up --------------------------------------------------------------
 
@@ -357,6 +358,19 @@ class ProcBackend(Backend):
             "current": {_NAMES[num]: current[num] for num in sorted(current)},
             "records": {},
         }
+
+    def stats(self):
+        """Tallies for --metrics (as the eBPF backend's): {"transitions":
+        {(old, new): n}, "durations": {state: bucket counts}, "ends":
+        {end: n}}.  Only from the reading loop's thread."""
+        durations = {}
+        for num, (sparse, _, _) in self._hist.items():
+            counts = [0] * hist.BUCKETS
+            for b, c in sparse.items():
+                counts[b] = c
+            durations[_NAMES[num]] = counts
+        return {"transitions": {tuple(k.split("->")): n for k, n in self._transitions.items()},
+                "durations": durations, "ends": dict(self._ends)}
 
     # -- one poll --------------------------------------------------------------
 
@@ -529,10 +543,11 @@ class ProcBackend(Backend):
         if s.role == "listener":
             return
         spent = s.spent
+        end = "normal" if s.path[-1] in _BOTH_FINS else "unknown"
+        self._ends[end] = self._ends.get(end, 0) + 1
         out.append(records.closed_record(
             self._fmt, now, s.tup, s.owner, s.start,
-            {num: spent.get(num, 0) for _, num in _TIMED}, s.path,
-            "normal" if s.path[-1] in _BOTH_FINS else "unknown", None, reason,
+            {num: spent.get(num, 0) for _, num in _TIMED}, s.path, end, None, reason,
             s.lower_bound, SOURCE, True))
 
     def _state(self, s, old, new, in_old, lower, now, reason):

@@ -182,6 +182,18 @@ def run(args, ports=(), lports=(), rports=()):
         sink.check()
         return n
 
+    metrics = None
+    if getattr(args, "metrics", None):
+        from .metrics import Metrics
+        try:
+            metrics = Metrics(args.metrics, backend, lambda: {
+                "records": received[0], "unwritten": out.unwritten, "lost": dict(lost_total)})
+        except OSError as e:
+            backend.close()
+            sink.close()
+            raise Failure("cannot serve metrics on %s:%d: %s"
+                          % (args.metrics[0], args.metrics[1], e.strerror or e))
+
     final = None
     reconciler.start()
     if dumper is not None:
@@ -194,6 +206,8 @@ def run(args, ports=(), lports=(), rports=()):
                     flags.reopen = False
                     out.reopen()       # between two writes: no record is split
                 n = pump()
+                if metrics is not None:
+                    metrics.serve()
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
@@ -238,6 +252,8 @@ def run(args, ports=(), lports=(), rports=()):
         for job in (reconciler, dumper):
             if job is not None:
                 job.stop()
+        if metrics is not None:
+            metrics.close()
         backend.close()
         sink.close()
     if not args.no_report:
