@@ -181,7 +181,7 @@ def view(args):
         "owners_complete": not owners.denied, "notes": notes,
     }
     if args.json:
-        return common.emit(doc=doc)
+        return common.emit(doc=doc, rows=len(connections or ()))
     return common.emit(text_lines=render(doc))
 
 
