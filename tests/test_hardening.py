@@ -512,3 +512,40 @@ def test_failing_tracefs_mount_is_one_line(tmp_path):
     with pytest.raises(Unavailable) as e:
         ensure_tracefs(str(tmp_path / "no" / "such" / "dir"))
     assert "\n" not in str(e.value) and "mounting it failed" in str(e.value)
+
+
+# ---------------------------------------------------------------------------
+# 8. --pid-file: signals reach socktrace and nothing else
+# ---------------------------------------------------------------------------
+
+@pytest.mark.bpf
+def test_pid_file_signals_and_cleanup(tmp_path, sticky):
+    pidf = tmp_path / "socktrace.pid"
+    path = tmp_path / "out"
+    proc = subprocess.Popen([SOCKTRACE, "--backend", "bpf", "--pid-file", str(pidf),
+                             "--records", "socket,lost", "-o", str(path)],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 10
+        while not pidf.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int(pidf.read_text())
+        assert pid == proc.pid
+        # at once, before the programs are even loaded: the handler is there
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not (path.exists() and b'"socket"' in
+                                                   path.read_bytes()):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        assert b'"socket"' in path.read_bytes(), "no dump after SIGUSR1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert not pidf.exists(), "the pid file outlived the run"
+    link = sticky / "pid"
+    os.symlink(tmp_path / "elsewhere", link)
+    one_line_error(_run(["--pid-file", str(link), "--duration", "1", "--backend", "proc"]), 1,
+                   "symbolic link")
+    assert not (tmp_path / "elsewhere").exists()

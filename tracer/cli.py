@@ -22,7 +22,9 @@ examples:
   socktrace --pid 1234 --duration 60   one process, for a minute
   socktrace -6 --addr 2001:db8::/32    IPv6 peers in a network
   socktrace --dump-every 10         also every socket, with ids and ages, every 10 s
-  kill -USR1 $(pidof -x socktrace)  dump every socket now
+  socktrace --pid-file /run/socktrace.pid -o /var/log/socktrace.ndjson
+  kill -USR1 $(cat /run/socktrace.pid)   dump every socket now
+  kill -HUP $(cat /run/socktrace.pid)    reopen -o FILE after logrotate moved it
   socktrace --records closed        one record per connection, as tcplife
   socktrace --format ecs -o /var/log/socktrace.ndjson   for Elastic/OpenSearch
   socktrace | jq -c 'select(.new=="TIME_WAIT")'
@@ -206,6 +208,9 @@ def build_parser():
                         "one record per connection")
     p.add_argument("--metrics", type=_metrics_addr, metavar="ADDR:PORT",
                    help="serve Prometheus metrics here (e.g. 127.0.0.1:9464)")
+    p.add_argument("--pid-file", metavar="FILE",
+                   help="write socktrace's pid here (removed at exit): signal it with "
+                        "kill -USR1 $(cat FILE), never with pgrep -f")
     p.add_argument("--summary", action="store_true",
                    help="also emit the exit report as a {\"type\":\"summary\"} record")
     p.add_argument("--no-report", action="store_true", help="no exit report on stderr")

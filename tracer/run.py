@@ -121,17 +121,35 @@ def summary(backend, ts, received, lost_total):
 
 
 def run(args, ports=(), lports=(), rports=()):
-    from .sink import EcsSink, JsonSink, OutputError, SinkClosed, TextSink
+    from .sink import EcsSink, JsonSink, OutputError, PidFile, SinkClosed, TextSink
 
     types = set(args.records)
     try:
         sink = {"text": TextSink, "ecs": EcsSink}.get(args.format, JsonSink)(args.output)
     except OutputError as e:
         raise Failure(str(e))
-    out = sink.out
-
-    flags = _Flags(reopen_on_hup=out.path is not None)
+    # handlers first: a signal sent as soon as the pid file exists must
+    # find them (SIGUSR1's default would end the process)
+    flags = _Flags(reopen_on_hup=sink.out.path is not None)
     flags.install()
+    pidfile = None
+    if getattr(args, "pid_file", None):
+        try:
+            pidfile = PidFile(args.pid_file)
+        except OutputError as e:
+            sink.close()
+            raise Failure(str(e))
+    try:
+        return _run(args, sink, flags, ports, lports, rports, types)
+    finally:
+        if pidfile is not None:
+            pidfile.remove()
+
+
+def _run(args, sink, flags, ports, lports, rports, types):
+    from .sink import JsonSink, SinkClosed
+
+    out = sink.out
 
     backend = open_backend(args, ports, lports, rports,
                            record_types=tuple(t for t in ("state", "closed") if t in types))

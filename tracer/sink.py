@@ -42,8 +42,9 @@ def _why(e):
     return e.strerror or str(e)
 
 
-def open_output(path):
-    """Open *path* to append records, as root, safely; return the fd.
+def open_output(path, append=True):
+    """Open *path* to append records (or, not *append*, to replace what it
+    holds), as root, safely; return the fd.
 
     - The last component is never followed if it is a symbolic link
       (O_NOFOLLOW): socktrace writes to the file the user named or to none.
@@ -57,7 +58,8 @@ def open_output(path):
       before socktrace waits for a reader.
     """
     shown = safe(path)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    flags |= os.O_APPEND if append else 0
     created = False
     try:
         try:
@@ -77,6 +79,8 @@ def open_output(path):
         if stat.S_ISFIFO(st.st_mode):
             fl = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+        elif not append and stat.S_ISREG(st.st_mode):
+            os.ftruncate(fd, 0)        # only once the checks have passed
     except BaseException:
         os.close(fd)
         raise
@@ -114,6 +118,32 @@ def _check_planted(path, shown, st):
         raise OutputError("refusing to write %s: it has %d hard links, in the shared "
                           "directory %s (it may be another name of a file socktrace "
                           "must not touch)" % (shown, st.st_nlink, safe(parent)))
+
+
+class PidFile:
+    """``--pid-file FILE``: this process's id while it runs, for signals
+    (``kill -USR1 $(cat FILE)``) that reach socktrace and nothing else.
+    Opened as output files are (open_output); removed at exit if it still
+    names us."""
+
+    def __init__(self, path):
+        self.path = path
+        fd = open_output(path, append=False)
+        try:
+            os.write(fd, b"%d\n" % os.getpid())
+        except OSError as e:
+            raise OutputError("cannot write %s: %s" % (safe(path), _why(e)))
+        finally:
+            os.close(fd)
+
+    def remove(self):
+        try:
+            with open(self.path, "rb") as f:
+                if f.read().strip() != b"%d" % os.getpid():
+                    return
+            os.unlink(self.path)
+        except OSError:
+            pass
 
 
 class Output:
