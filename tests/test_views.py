@@ -293,7 +293,7 @@ def test_ports_time_wait_ages_and_subprocess(socks, addr, tw_room):
     assert r.stderr == ""
     lines = r.stdout.splitlines()
     assert any(line.startswith("%s:%d " % (addr, port)) for line in lines), r.stdout
-    assert sum(line.startswith("TIME_WAIT") for line in lines) == 5, r.stdout
+    assert sum(line.startswith("TIME-WAIT ") for line in lines) == 5, r.stdout
     assert max(len(line) for line in lines) <= 80 or "COLUMNS" in os.environ
     r = subprocess.run([PY, "-m", "tracer", "ports", str(port), "--addr", addr, "--json"], capture_output=True,
                        text=True, timeout=60, cwd=ROOT)

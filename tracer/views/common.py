@@ -478,7 +478,7 @@ def width():
     return max(80, shutil.get_terminal_size((80, 24)).columns)
 
 
-def table(rows, aligns, maxw=None):
+def table(rows, aligns, maxw=None, sep="  "):
     """Rows of strings -> lines, columns padded (*aligns*: one < or > per
     column); a left-aligned last column is not padded."""
     if not rows:
@@ -499,7 +499,7 @@ def table(rows, aligns, maxw=None):
                 cells.append(c)
             else:
                 cells.append(c.ljust(w[i]))
-        line = "  ".join(cells).rstrip()
+        line = sep.join(cells).rstrip()
         if maxw and len(line) > maxw:
             line = line[: maxw - 1] + "…"
         out.append(line)

@@ -20,6 +20,8 @@ examples:
   socktrace ports 5432 --state close-wait   who leaks CLOSE_WAIT on 5432
   socktrace ports --comm nginx --json | jq .listeners
 
+States in the connection table as ss spells them (ESTAB, TIME-WAIT); JSON
+keeps the kernel's names.
 ACCEPT-Q: a listener's accept queue now / its maximum (the backlog).  RQ, SQ:
 a connection's bytes not yet read / not yet acknowledged (ss's Recv-Q,
 Send-Q).  AGE: TIME_WAIT from its timer (exact), CLOSE_WAIT ~ time since
@@ -38,6 +40,14 @@ SHORT = {"ESTABLISHED": "estab", "SYN_RECV": "syn-recv", "SYN_SENT": "syn-sent",
          "FIN_WAIT1": "fin-wait-1", "FIN_WAIT2": "fin-wait-2", "TIME_WAIT": "time-wait",
          "CLOSE_WAIT": "close-wait", "LAST_ACK": "last-ack", "CLOSING": "closing",
          "CLOSE": "close", "NEW_SYN_RECV": "syn-recv"}
+
+
+# ss's spellings in the connection table: narrower, and what on-call eyes
+# compare with (JSON keeps the kernel's names)
+SS_NAME = {"ESTABLISHED": "ESTAB", "SYN_SENT": "SYN-SENT", "SYN_RECV": "SYN-RECV",
+           "FIN_WAIT1": "FIN-WAIT-1", "FIN_WAIT2": "FIN-WAIT-2", "TIME_WAIT": "TIME-WAIT",
+           "CLOSE": "UNCONN", "CLOSE_WAIT": "CLOSE-WAIT", "LAST_ACK": "LAST-ACK",
+           "LISTEN": "LISTEN", "CLOSING": "CLOSING", "NEW_SYN_RECV": "SYN-RECV"}
 
 
 def build_parser():
@@ -223,12 +233,12 @@ def render(doc):
             procs = ["PROCESS"]
             for c in conns:
                 holders = [(o["pid"], o["comm"], o["fd"]) for o in c["owners"]]
-                rows.append([c["state"], common.fmt_ep(c["family"], c["laddr"], c["lport"]),
+                rows.append([SS_NAME[c["state"]], common.fmt_ep(c["family"], c["laddr"], c["lport"]),
                              common.fmt_ep(c["family"], c["raddr"], c["rport"]),
                              str(c["recv_q"]), str(c["send_q"]),
                              common.fmt_age(c["age_s"], c["age_estimate"])])
                 procs.append(common.fmt_owners(holders))
-            for line, proc in zip(common.table(rows, "<<<>>>"), procs):
+            for line, proc in zip(common.table(rows, "<<<>>>", sep=" "), procs):
                 if len(line) + 2 + len(proc) <= w:
                     out.append(line + "  " + proc)
                 else:   # long addresses or many holders: below the row
