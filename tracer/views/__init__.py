@@ -1,8 +1,9 @@
 """One-shot and live views for people: ``socktrace SUBCOMMAND``.
 
-Each view is a module here that registers ``COMMANDS[name] = main`` where
-``main(argv) -> int`` parses its own arguments and returns the exit status
-(0, 1 with one line on stderr, 2 for usage errors).  Views read snapshots
+Each view is a module here with ``main(argv) -> int``, which parses its
+own arguments and returns the exit status (0, 1 with one line on stderr,
+2 for usage errors); ``COMMANDS[name]`` (below) imports it when it runs,
+so a one-shot answer pays for no other view's imports.  Views read snapshots
 (tracer/sockdiag.py, /proc) or the record stream; they never keep a second
 copy of a connection's story.  Strings from the kernel or /proc go through
 tracer.text.safe() before they reach a terminal.

@@ -1,6 +1,7 @@
 """What the one-shot views share: their flags, one snapshot, owners, output.
 
-A snapshot is one sock_diag dump (tracer/sockdiag.py, what ``ss`` reads)
+A snapshot is one sock_diag dump (tracer/sockdiag.py, what ``ss`` reads;
+or two, listeners then the sockets on some ports, filtered in the kernel)
 plus, when a view needs it, one walk of /proc/*/fd that maps every socket
 inode it wants to *every* process holding it (a listener shared by
 pre-forked workers is held by all of them; ``ss -p`` lists them all too).
