@@ -91,7 +91,6 @@ sock_diag: truncated message (88-byte netlink message, 60 bytes left)
 import collections
 import errno as _errno
 import gc
-import ipaddress
 import os
 import socket
 import struct
@@ -273,6 +272,7 @@ def _addr6(raw):
     if raw[:12] == _MAPPED_PREFIX:
         text = "::ffff:" + socket.inet_ntop(socket.AF_INET, raw[12:])
     else:
+        import ipaddress   # here: a one-shot command on a v4-only host never pays for it
         text = ipaddress.IPv6Address(raw).compressed
     if len(_ADDR6) >= _CACHE_MAX:
         _ADDR6.clear()

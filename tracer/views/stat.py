@@ -13,7 +13,6 @@ what ``ss -s`` prints.
 """
 
 import heapq
-import ipaddress
 from collections import Counter
 from operator import itemgetter
 
@@ -123,6 +122,7 @@ def ss_summary(sockstat, snmp):
 
 
 def _loopback(addr):
+    import ipaddress
     try:
         a = ipaddress.ip_address(addr)
     except ValueError:
