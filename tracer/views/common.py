@@ -475,8 +475,18 @@ def fmt_age(sec, estimate=False):
 
 
 def width():
-    import shutil
-    return max(80, shutil.get_terminal_size((80, 24)).columns)
+    # shutil.get_terminal_size's rule (COLUMNS, then the terminal), without
+    # importing shutil
+    try:
+        cols = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        cols = 0
+    if cols <= 0:
+        try:
+            cols = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            cols = 80
+    return max(80, cols)
 
 
 def table(rows, aligns, maxw=None, sep="  "):
