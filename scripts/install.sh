@@ -16,6 +16,8 @@ fi
 
 # --- distribution packages -------------------------------------------------
 pkgs=(python3-bpfcc bpfcc-tools python3-venv python3-pip python3-dev iproute2 gcc libc6-dev)
+# tests/test_pipelines.py: a shipper (rsyslog), logrotate, and systemd-nspawn to run the unit
+if [ "$want_test" = test ]; then pkgs+=(rsyslog logrotate systemd-container); fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
