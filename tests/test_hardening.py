@@ -429,6 +429,7 @@ def test_signal_ends_the_run_with_everything_written(tmp_path, sig):
                 break
             time.sleep(0.2)
         port = connections(30)
+        time.sleep(0.3)             # the last LAST_ACK -> CLOSE comes with the peer's ACK
         proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=20)
     finally:
