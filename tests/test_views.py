@@ -537,3 +537,22 @@ def test_ports_by_process_only(capsys, socks, addr, children):
     assert [x["port"] for x in doc["listeners"]] == [port]
     assert doc["connections"] == []
     assert any(o["pid"] == child.pid for o in doc["listeners"][0]["owners"])
+
+
+def test_ports_many_listener_ports_fall_back_to_a_full_dump(capsys, socks, addr, monkeypatch):
+    """More ports than one kernel filter may hold: one full dump, filtered
+    in Python, and the same answer."""
+    from tracer import sockdiag
+    ls, port = listener(socks, addr)
+    c = connect(addr, port)
+    socks.append(c)
+    a, _ = ls.accept()
+    socks.append(a)
+    want = run_json(capsys, "ports", str(port), "--addr", addr)
+    monkeypatch.setattr(sockdiag, "MAX_FILTER_PORTS", 1)
+    got = run_json(capsys, "ports", str(port), "--addr", addr)
+    for doc in (want, got):
+        del doc["ts"]
+    assert got == want
+    assert [x["connections"] for x in got["listeners"]] == [{"ESTABLISHED": 1}]
+    assert len(got["connections"]) == 2
