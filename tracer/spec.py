@@ -60,7 +60,7 @@ _TUPLE = (
 )
 _OWNER = (
     F("pid", "int", "owning process", null=True),
-    F("comm", "string", "its name (raw bytes from the kernel, invalid UTF-8 replaced)",
+    F("comm", "string", "its name, from the kernel (bytes that are not UTF-8 as `\\xNN`)",
       null=True),
     F("owner_from", "enum", "connect/listen: the task that called it; listener: an "
       "accepted socket, its listener's owner; proc: found in /proc; unknown: pid null",
