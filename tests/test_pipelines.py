@@ -423,35 +423,26 @@ def test_logrotate_snippet_rotates_without_losing_a_record(tmp_path):
 # 3. A shipper end to end: rsyslog (imfile + mmjsonparse)
 # ---------------------------------------------------------------------------
 
-RSYSLOG_CONF = """
-global(workDirectory="{work}" maxMessageSize="64k")
-module(load="imfile" mode="inotify")
-module(load="mmjsonparse")
-template(name="socktrace_json" type="string" string="%$!all-json-plain%\\n")
-template(name="raw" type="string" string="%rawmsg%\\n")
-ruleset(name="socktrace") {{
-    action(type="mmjsonparse" cookie="" useRawMsg="on")
-    if $parsesuccess == "OK" then {{
-        action(type="omfile" file="{out}" template="socktrace_json")
-    }} else {{
-        action(type="omfile" file="{bad}" template="raw")
-    }}
-}}
-input(type="imfile" file="{src}" tag="socktrace" ruleset="socktrace"
-      addMetadata="off" freshStartTail="off")
-"""
+RSYSLOG = os.path.join(ROOT, "contrib", "rsyslog", "socktrace.conf")
 
 
-def _rsyslog_conf(**paths):
-    """The example in docs/pipelines.md, with the test's paths."""
-    return RSYSLOG_CONF.format(**paths)
+def _rsyslog_conf(work, out, bad, src):
+    """contrib/rsyslog/socktrace.conf with the test's paths, after a global()
+    of the instance's own (the system's rsyslog.conf has one)."""
+    text = open(RSYSLOG).read()
+    for old, new in (("/var/log/socktrace-shipped.ndjson", out),
+                     ("/var/log/socktrace-unparsed.log", bad), (OUTPUT, src)):
+        assert text.count(old) == 1, old
+        text = text.replace(old, str(new))
+    return 'global(workDirectory="%s")\n' % work + text
 
 
 @pytest.mark.bpf
 def test_rsyslog_ships_every_record_whole_through_rotations(tmp_path):
-    """rsyslogd (a private instance: its own config, pid file and work
-    directory) follows socktrace's file with imfile, parses each line with
-    mmjsonparse and writes the parsed JSON with omfile; the file is rotated
+    """rsyslogd (a private instance: contrib/rsyslog/socktrace.conf with the
+    test's paths, its own pid file and work directory) follows socktrace's
+    file with imfile, parses each line with mmjsonparse and writes the
+    parsed JSON with omfile; the file is rotated
     (mv, SIGHUP) three times meanwhile.  Every record socktrace wrote arrives
     exactly once, equal to what socktrace wrote."""
     rsyslogd = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"

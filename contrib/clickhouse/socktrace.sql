@@ -1,7 +1,8 @@
 -- socktrace's NDJSON stream in ClickHouse: one row per record (state,
 -- closed, socket and lost records, with the fields of README.md, "The record
 -- contract").  Load with the JSONEachRow format, for example
---   clickhouse-client --query 'INSERT INTO socktrace.events FORMAT JSONEachRow' < socktrace.ndjson
+--   clickhouse-client --date_time_input_format=best_effort \
+--     --query 'INSERT INTO socktrace.events FORMAT JSONEachRow' < socktrace.ndjson
 -- or from a shipper (docs/pipelines.md); the queries are in docs/clickhouse.md.
 -- Fields a record type does not have keep their defaults (0, '', NULL, {}).
 -- tests/test_clickhouse.py creates this table, verbatim, in chdb.
