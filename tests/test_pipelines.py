@@ -337,6 +337,12 @@ def test_unit_runs_under_systemd_and_rotates_with_logrotate(tmp_path):
                 int(field[key], 16)))
         assert field["NoNewPrivs"] == "1" and field["Seccomp"] == "2", field
         assert os.stat(out).st_uid == uid
+        # owners (connect) and TIME_WAIT (timewait tracing reads /proc/kallsyms:
+        # CAP_SYSLOG) come through the sandbox
+        me = os.getpid()
+        wait_until(lambda: [r for r in ours(out) if r["type"] == "state" and r["pid"] == me
+                            and r["new"] == "TIME_WAIT" and r["rport"] == ls.port],
+                   10, "a TIME_WAIT of the test's connections")
 
         # two rotations by the snippet itself, while connections go on
         churn = Churn(ls, seconds=30)
