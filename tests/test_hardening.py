@@ -101,15 +101,18 @@ def test_text_sink_escapes_comm(tmp_path):
     sink.start()
     base = {"type": "state", "ts": "2026-12-05T12:00:00.000000Z", "family": 4,
             "laddr": "127.0.0.1", "lport": 1, "raddr": "127.0.0.1", "rport": 2,
-            "pid": 7, "old": "CLOSE", "new": "SYN_SENT", "in_old_ns": None}
+            "pid": 7, "old": "CLOSE", "new": "SYN_SENT", "in_old_ns": None,
+            "lower_bound": False, "via": None, "reason": None}
     sink.write([dict(base, comm=text.decode(name)) for name in HOSTILE])
     sink.close()
     lines = out.read_bytes().decode().split("\n")
-    assert lines[-1] == "" and len(lines) == len(HOSTILE) + 2     # header + one each
+    # legend, column header, "# date", then one line each
+    assert lines[-1] == "" and len(lines) == len(HOSTILE) + 4, lines
     for line in lines[:-1]:
         assert line.isprintable(), repr(line)
-    assert "7/\\nid>/tmp/rP;#" in lines[2]
-    assert "7/ok\\xff\\xfe" in lines[4]
+    recs = lines[3:-1]
+    assert "7/\\nid>/tmp" in recs[1]       # cut to the owner column's width
+    assert "7/ok\\xff\\xfe" in recs[3]
 
 
 _NAMER = r"""
@@ -170,16 +173,31 @@ def test_hostile_process_names_in_text_and_json(tmp_path):
     data = txt.read_bytes()
     assert data.endswith(b"\n")
     lines = data.decode("utf-8").split("\n")[:-1]
-    assert lines[0].startswith("TIME")
-    stamp = re.compile(r"^\d\d:\d\d:\d\d\.\d{6} ")
-    for line in lines[1:]:
-        assert stamp.match(line), "a line that is not a record: %r" % line
+    assert lines[0].startswith("# socktrace") and lines[1].startswith("TIME")
+    stamp = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} ")
+    for line in lines[2:]:
+        assert line.startswith("# 20") or stamp.match(line), "not a record: %r" % line
         assert line.isprintable(), "raw control or format character in %r" % line
+        assert len(line) <= 80, "wider than 80 columns: %r" % line
     body = "\n".join(lines)
     for name in HOSTILE:
-        assert text.safe(text.decode(name[:15])) in body, text.safe(text.decode(name))
-    assert "\\r\\x1b[16C1/sshd" in body and "\\nid>/tmp/rP;#" in body
-    assert "evil\\u202egnp" in body and "ok\\xff\\xfe" in body
+        # the owner column shows at least 7 characters after "pid/"
+        shown = text.safe(text.decode(name[:15]))
+        assert shown[:5] in body, shown
+    assert "/\\r\\x1b" in body and "/\\nid>/" in body
+    assert "/evil\\u" in body and "/ok\\xff" in body
+    # the whole name, escaped, is in the wide layout
+    wide = subprocess.run([sys.executable, "-c", "from tracer.columns import Columns; "
+                           "import json,sys; c = Columns(width=200); "
+                           "print(c.line(json.loads(sys.argv[1])), end='')",
+                           json.dumps({"type": "state", "ts": "2026-12-05T12:00:00.000001Z",
+                                       "family": 4, "laddr": "127.0.0.1", "lport": 1,
+                                       "raddr": "127.0.0.1", "rport": 2, "old": "CLOSE",
+                                       "new": "SYN_SENT", "in_old_ns": None, "via": None,
+                                       "reason": None, "lower_bound": False, "pid": 7,
+                                       "comm": "\r\x1b[16C1/sshd ", "conn": "1"})],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert "7/\\r\\x1b[16C1/sshd " in wide.stdout, wide
 
 
 def _connect_pred(ls, port):
@@ -304,8 +322,8 @@ def test_full_disk_keeps_whole_lines_and_counts_the_rest(tiny_fs, fmt):
     if fmt == "json":
         recs = [json.loads(x) for x in lines]
     else:
-        assert lines[0].startswith(b"TIME")
-        recs = lines[1:]
+        assert lines[1].startswith(b"TIME")
+        recs = [x for x in lines[2:] if not x.startswith(b"# ")]
     assert len(recs) + unwritten == received(err), (len(recs), unwritten, err)
     assert "transitions" in err          # the exit report is still there
 

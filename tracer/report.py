@@ -10,13 +10,13 @@ socktrace: 3 transitions
   transition                     count
   ESTABLISHED -> FIN_WAIT1           3
   time in state    count        p50        p90        p99        max
-  SYN_SENT             3     41.0us     52.0us     52.0us     52.0us
+  SYN_SENT            3     41.0us     52.0us     52.0us     52.0us
   sockets now: LISTEN 2
   records: 9 received; 1 self-transitions (old == new) dropped
   lost: none
 """
 
-from .sink import _ns
+from .columns import duration as _ns
 
 
 def render(summary, lost):

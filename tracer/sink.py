@@ -212,7 +212,9 @@ class Output:
                 pass
         if records is None:
             records = data.count(b"\n")
-        self.unwritten += records - min(records, data.count(b"\n", 0, whole))
+        # lines written whole, less the text layout's "# date" lines
+        lines = data.count(b"\n", 0, whole) - data.count(b"\n#", 0, whole) - data.startswith(b"#")
+        self.unwritten += records - min(records, max(0, lines))
         self.failed = "cannot write %s: %s" % (self.name, _why(e))
 
     def reopen(self):
@@ -284,68 +286,36 @@ class EcsSink(JsonSink):
             self.out.write(self.encode([to_ecs(r) for r in records]), len(records))
 
 
-def _ns(ns):
-    """Human duration: 812ns, 35.2us, 4.10ms, 1.50s, 61.2s."""
-    if ns is None:
-        return "-"
-    if ns < 1_000:
-        return "%dns" % ns
-    if ns < 1_000_000:
-        return "%.1fus" % (ns / 1e3)
-    if ns < 1_000_000_000:
-        return "%.2fms" % (ns / 1e6)
-    return "%.2fs" % (ns / 1e9)
-
-
-def _ep(addr, port, family):
-    return ("[%s]:%d" if family == 6 else "%s:%d") % (addr, port)
+def _width(fd):
+    try:
+        if os.isatty(fd):
+            return os.get_terminal_size(fd).columns
+    except OSError:
+        pass
+    try:
+        return int(os.environ.get("COLUMNS", "80"))
+    except ValueError:
+        return 80
 
 
 class TextSink:
-    """Columns for people: time, owner, local, remote, old -> new, time in old."""
-
-    HEADER = "%-15s %-22s %-28s %-28s %-27s %s\n" % (
-        "TIME", "PID/COMM", "LOCAL", "REMOTE", "TRANSITION", "IN_OLD")
+    """Columns for people (tracer/columns.py): 80 wide, or the terminal's
+    width when writing to one (``COLUMNS`` otherwise, as ls does)."""
 
     def __init__(self, path=None):
         self.out = Output(path)
+        from .columns import Columns
+        self.columns = Columns(width=_width(self.out.fd))
 
     def start(self):
-        self.out.write(self.HEADER.encode(), 0)
+        self.out.write(self.columns.header().encode(), 0)
 
     def write(self, records):
-        lines = []
-        for r in records:
-            t = r["type"]
-            clock = r["ts"][11:26]
-            if t == "state":
-                owner = "%s/%s" % (r["pid"], safe(r["comm"])) if r["pid"] else "?"
-                trans = "%s -> %s" % (r["old"], r["new"])
-                extra = ""
-                if r.get("reason"):
-                    extra = " (%s)" % r["reason"]
-                elif r.get("lower_bound"):
-                    extra = " (at least)"
-                lines.append("%-15s %-22.22s %-28s %-28s %-27s %s%s\n" % (
-                    clock, owner, _ep(r["laddr"], r["lport"], r["family"]),
-                    _ep(r["raddr"], r["rport"], r["family"]), trans,
-                    _ns(r["in_old_ns"]), extra))
-            elif t == "lost":
-                lines.append("%-15s LOST %d (%s)\n" % (clock, r["count"], r["what"]))
-            elif t == "closed":
-                owner = "%s/%s" % (r["pid"], safe(r["comm"])) if r["pid"] else "?"
-                lines.append("%-15s %-22.22s %-28s %-28s closed %-6s %s %s\n" % (
-                    clock, owner, _ep(r["laddr"], r["lport"], r["family"]),
-                    _ep(r["raddr"], r["rport"], r["family"]), r["end"],
-                    _ns(r["lifetime_ns"]), " ".join(r["path"])))
-            elif t == "socket":
-                owner = "%s/%s" % (r["pid"], safe(r["comm"])) if r["pid"] else "?"
-                lines.append("%-15s %-22.22s %-28s %-28s %-27s %s\n" % (
-                    clock, owner, _ep(r["laddr"], r["lport"], r["family"]),
-                    _ep(r["raddr"], r["rport"], r["family"]), r["state"],
-                    _ns(r["in_state_ns"])))
-        if lines:
-            self.out.write("".join(lines).encode(), len(lines))
+        if records:
+            line = self.columns.line
+            text = "".join(line(r) for r in records)
+            # "# date" lines are not records: count the records, not lines
+            self.out.write(text.encode(), len(records))
 
     def check(self):
         self.out.check()
