@@ -10,8 +10,19 @@ import math
 import os
 import sys
 
-from . import __version__, spec, states
+from . import __version__
 from .text import one_line
+
+# What the subcommands are; their modules (tracer/views/) and the trace's
+# (spec, states, run) are imported only by the command that runs, so that a
+# one-shot answer does not pay for the others' imports.
+SUBCOMMANDS = """\
+subcommands (socktrace SUBCOMMAND -h for each):
+  ports [PORT...]   listeners, who holds them, accept queues, connections per state
+  stat              ss -s and the usual netstat | awk pipelines on one screen
+  leaks             processes whose CLOSE_WAIT, connections or fds keep growing
+  top               a live full-screen view
+"""
 
 EPILOG = """\
 examples:
@@ -130,8 +141,9 @@ def _ringbuf_mb(text):
     return n
 
 
-RECORD_TYPES = spec.RECORD_TYPES
-DEFAULT_RECORDS = tuple(t for t in RECORD_TYPES if t != "summary")
+def _record_types():
+    from .spec import RECORD_TYPES
+    return RECORD_TYPES
 
 
 def _metrics_addr(text):
@@ -146,16 +158,17 @@ def _records(text):
     out = []
     for part in text.split(","):
         part = part.strip().lower()
-        if part not in RECORD_TYPES:
+        if part not in _record_types():
             raise argparse.ArgumentTypeError("unknown record type %r (one of: %s)"
-                                             % (part, ", ".join(RECORD_TYPES)))
+                                             % (part, ", ".join(_record_types())))
         out.append(part)
     return out
 
 
 def _state(text):
     try:
-        return states.parse_state(text)
+        from .states import parse_state
+        return parse_state(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
 
@@ -171,7 +184,8 @@ def _cidr(text):
 def build_parser():
     p = _Parser(prog="socktrace", description="Trace every TCP state transition on "
                 "this host, with owners and durations, as NDJSON.",
-                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog=SUBCOMMANDS + "\n" + EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout (appends)")
     p.add_argument("--format", choices=("json", "text", "ecs"), default="json",
                    help="json: one object per line (default); text: aligned columns; "
@@ -202,7 +216,7 @@ def build_parser():
     p.add_argument("--dump-every", type=_positive(float, 0.01, unit=" s"), metavar="SECONDS",
                    help="write every socket every N seconds (also on SIGUSR1)")
     p.add_argument("--records", type=_records, metavar="TYPE[,TYPE]",
-                   default=list(DEFAULT_RECORDS),
+                   default=[t for t in _record_types() if t != "summary"],
                    help="record types to write: state, closed, socket, lost, summary "
                         "(default: all but summary); without state the kernel sends "
                         "one record per connection")
