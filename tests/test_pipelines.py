@@ -26,6 +26,7 @@ UNIT = os.path.join(ROOT, "contrib", "systemd", "socktrace.service")
 LOGROTATE = os.path.join(ROOT, "contrib", "logrotate", "socktrace")
 OUTPUT = "/var/log/socktrace/socktrace.ndjson"
 DYNAMIC_UIDS = range(61184, 65520)        # systemd's DynamicUser= range
+CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
 
 
 # ---------------------------------------------------------------------------
@@ -208,6 +209,13 @@ class Container:
                "--bind-ro=%s:/etc/systemd/system/socktrace.service" % UNIT,
                "--bind-ro=%s:/etc/logrotate.d/socktrace" % LOGROTATE,
                "systemd.firstboot=off", "systemd.wants=socktrace.service"]
+        # without a host systemd, nspawn makes its cgroups beside its own
+        # (payload/, supervisor/): removed again at the end if it made them
+        here = [line.split(":", 2)[2] for line in open("/proc/self/cgroup").read().split("\n")
+                if line.startswith(("0::", "1:name=systemd:"))] or ["/"]
+        self.cgroups = [os.path.join(root, h.lstrip("/"), d) for root in CGROUP_ROOTS
+                        for h in set(here) for d in ("payload", "supervisor")]
+        self.cgroups = [d for d in self.cgroups if not os.path.exists(d)]
         self.log = open(tmp / "nspawn.log", "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -265,14 +273,28 @@ class Container:
         return self.varlog / "private" / "socktrace"    # LogsDirectory with DynamicUser
 
     def stop(self):
+        """Bounded: SIGKILL to the container's init ends every process in
+        its PID namespace at once (the test has read what it needs; a clean
+        halt can take longer than a test may wait), and nspawn with it."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)       # nspawn halts the container
+            if self.pid1 is not None and self._descends(self.pid1):
+                os.kill(self.pid1, signal.SIGKILL)
+            else:
+                self.proc.send_signal(signal.SIGTERM)   # nspawn halts the container
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
+                if self.pid1 is not None and self._descends(self.pid1):
+                    os.kill(self.pid1, signal.SIGKILL)
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.log.close()
+        for top in self.cgroups:
+            for d, _, _ in sorted(os.walk(top), reverse=True):     # deepest first
+                try:
+                    os.rmdir(d)        # only an empty cgroup goes
+                except OSError:
+                    pass
 
 
 @pytest.mark.bpf
