@@ -409,6 +409,11 @@ class BpfBackend(Backend):
             return self._rb.read()
         self._bpf.perf_buffer_poll(timeout=0)
         out, self._pending = self._pending, []
+        # one perf buffer per CPU, read one after the other: a socket whose
+        # transitions ran on two CPUs came out of order (seen on 6.1).  Time
+        # order, as the one ring buffer gives (stable: a closed record stays
+        # after the transition it shares its time with).
+        out.sort(key=_record_ts)
         return b"".join(out)
 
     def wait(self, seconds):
@@ -805,6 +810,12 @@ _BACKUP = b"set_state_backup"          # the second inet_sock_set_state program
 
 _PROG_INFO_SIZE = 232                 # struct bpf_prog_info up to verified_insns (5.16)
 _OFF_RECURSION_MISSES = 208
+
+
+def _record_ts(rec, _at=_HDR.size + 8):
+    """ts_ns of a record laid out as in the ring buffer (both kinds start
+    with kind, pid, ts_ns)."""
+    return _U64.unpack_from(rec, _at)[0]
 
 
 def _prog_misses(fd):
