@@ -427,9 +427,16 @@ static __always_inline __u8 end_of(const struct st_story *s, int last, int err, 
 static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u64 ts,
 					int err, __u8 reason, int slot)
 {
-#ifndef ST_NO_CLOSED
 	if (s->role == ST_ROLE_LISTENER || !wanted(s))
 		return;
+	__u8 n = s->path_len > ST_PATH_LEN ? ST_PATH_LEN : s->path_len;
+	int last = n ? s->path[(n - 1) & (ST_PATH_LEN - 1)] : s->state;
+	__u8 end = end_of(s, last, err, reason);
+
+	/* how it ended, for the exit report and --metrics, records or not */
+	if (end <= ST_END_ABORTED)
+		count(ST_CNT_END_NORMAL + end, slot);
+#ifndef ST_NO_CLOSED
 #ifdef ST_USE_PERFBUF
 	int zero = 0;
 	struct st_closed *c = scratch_closed.lookup(&zero);
@@ -440,8 +447,6 @@ static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u
 		count(ST_CNT_CLOSED_LOST, slot);
 		return;
 	}
-	__u8 n = s->path_len > ST_PATH_LEN ? ST_PATH_LEN : s->path_len;
-	int last = n ? s->path[(n - 1) & (ST_PATH_LEN - 1)] : s->state;
 	c->kind = ST_KIND_CLOSED;
 	c->pid = s->pid;
 	c->ts_ns = ts;
@@ -457,7 +462,7 @@ static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u
 	c->owner_from = s->owner_from;
 	c->role = s->role;
 	c->flags = s->flags;
-	c->end = end_of(s, last, err, reason);
+	c->end = end;
 	c->reason = reason;
 	c->path_len = n;
 	c->pad = 0;
@@ -510,9 +515,12 @@ static __always_inline void leave(struct st_story *s, int old, int new, __u64 ts
 			s->flags |= ST_F_PATH_CUT;
 		if (s->path_len < 255)
 			s->path_len++;
-		if (!s->cur_lower && old != TCP_LISTEN) {
-			idx = slot * ST_HIST_PER_SLOT +
-			      (old & (ST_NR_STATES - 1)) * ST_HIST_BUCKETS + st_hist_bucket(in_old);
+		if (s->cur_lower) {
+			count(ST_CNT_LOWER, slot);
+		} else if (old != TCP_LISTEN) {
+			int h = old == TCP_SYN_SENT && new == TCP_CLOSE ?
+				ST_HIST_CONNECT_FAILED : (old & (ST_NR_STATES - 1));
+			idx = slot * ST_HIST_PER_SLOT + h * ST_HIST_BUCKETS + st_hist_bucket(in_old);
 			bump(hist.lookup(&idx), slot);
 		}
 	}

@@ -13,6 +13,9 @@
 #define ST_COMM_LEN	16
 #define ST_PATH_LEN	16	/* states a closed record lists (more: ST_F_PATH_CUT) */
 #define ST_NR_STATES	16	/* spent[] and the histograms, by TCP state number */
+#define ST_HIST_CONNECT_FAILED	15	/* the histogram of SYN_SENT->CLOSE (connects that
+					 * failed); SYN_SENT's own is of those that got
+					 * through.  No TCP state has this number. */
 
 /* Per-state histograms of time spent: log-linear, ST_HIST_SUB buckets per
  * power of two (relative error of a bucket's middle < 1/(2*ST_HIST_SUB)). */
@@ -105,7 +108,18 @@ enum st_counter {
 					 * record (not a loss) */
 	ST_CNT_IMPOSSIBLE   = 11,	/* a state that would have ended before it
 					 * began (clocks): taken as 0 ns, counted */
-	ST_NR_COUNTERS      = 12,
+	ST_CNT_LOWER        = 12,	/* times in a state that are only lower bounds
+					 * (sockets older than the tracer): kept out
+					 * of the histograms, counted here */
+	/* connections ended, by enum st_end: ST_CNT_END_NORMAL + end */
+	ST_CNT_END_NORMAL    = 13,
+	ST_CNT_END_REFUSED   = 14,
+	ST_CNT_END_TIMEOUT   = 15,
+	ST_CNT_END_CANCELLED = 16,
+	ST_CNT_END_RESET     = 17,
+	ST_CNT_END_ERROR     = 18,
+	ST_CNT_END_ABORTED   = 19,
+	ST_NR_COUNTERS      = 20,
 };
 
 /* One transition. */

@@ -111,9 +111,11 @@ def test_scrape_matches_the_stream(tmp_path):
         key = ("socktrace_transitions_total", (("new", new), ("old", old), ("source", "bpf")))
         assert lo <= got.get(key, 0) <= hi, (old, new, lo, got.get(key), hi)
     # the kernel counts a duration when the state is left: SYN_SENT's count is
-    # the connects that ended, one per SYN_SENT -> X record
-    lo = sum(1 for e in before if e["type"] == "state" and e["old"] == "SYN_SENT")
-    hi = sum(1 for e in upto if e["type"] == "state" and e["old"] == "SYN_SENT")
+    # the connects that got through, one per SYN_SENT -> X record but CLOSE
+    def connected(e):
+        return e["type"] == "state" and e["old"] == "SYN_SENT" and e["new"] != "CLOSE"
+    lo = sum(1 for e in before if connected(e))
+    hi = sum(1 for e in upto if connected(e))
     count = got[("socktrace_connect_latency_seconds_count", (("source", "bpf"),))]
     assert lo <= count <= hi and count >= 20
     inf = got[("socktrace_connect_latency_seconds_bucket", (("le", "+Inf"), ("source", "bpf")))]
@@ -123,6 +125,12 @@ def test_scrape_matches_the_stream(tmp_path):
     assert got[("socktrace_records_unwritten_total", ())] == 0
     assert got[("process_cpu_seconds_total", ())] > 0
     assert got.get(("socktrace_sockets", (("family", "ipv4"), ("state", "LISTEN"))), 0) >= 1
+    # the server sides of the 20 connections ended normally (the clients'
+    # end with their TIME_WAIT)
+    lo = sum(1 for e in before if e["type"] == "closed" and e["end"] == "normal")
+    hi = sum(1 for e in upto if e["type"] == "closed" and e["end"] == "normal")
+    ended = got[("socktrace_connections_closed_total", (("end", "normal"), ("source", "bpf")))]
+    assert lo <= ended <= hi and ended >= 20, (lo, ended, hi)
 
 
 def test_proc_backend_scrape(tmp_path):

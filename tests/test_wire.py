@@ -114,3 +114,13 @@ def test_the_bpf_programs_state_numbers_are_states_py():
         assert states.NUMBERS[name] == int(num), name
     # spent[] and the histograms are indexed by state number
     assert max(states.NUMBERS.values()) < wire.NR_STATES
+
+
+def test_end_counters_follow_the_end_enum():
+    """ST_CNT_END_NORMAL + end counts a connection that ended so: the
+    counters must list every end, in the enum's order."""
+    base = {v: k for k, v in wire.COUNTERS.items()}["end_normal"]
+    for num, name in wire.END.items():
+        assert wire.COUNTERS[base + num] == "end_" + name
+    assert max(wire.COUNTERS) == len(wire.COUNTERS) - 1      # contiguous: one slot's width
+    assert not any(n.startswith("end_") or n == "lower" for n in wire.LOSS_COUNTERS)

@@ -525,8 +525,10 @@ class BpfBackend(Backend):
     # -- what the kernel knows now ----------------------------------------------
 
     def stats(self):
-        """The kernel's tallies for the exit report: {"transitions":
-        {(old, new): n}, "durations": {state: hist counts}}."""
+        """The kernel's tallies for the exit report and --metrics:
+        {"transitions": {(old, new): n}, "durations": {state: hist counts}
+        (SYN_SENT: connects that got through; "SYN_SENT->CLOSE": those that
+        failed), "ends": {end: n}, "lower_bounds": n}."""
         ns = wire.NR_STATES
         per_slot = ns * ns
         trans = {}
@@ -538,12 +540,18 @@ class BpfBackend(Backend):
         durations = {}
         table = _per_cpu_sums(self._bpf[b"hist"])
         per_slot = ns * hist.BUCKETS
-        for old in sorted({states.NUMBERS[o] for o, _ in trans}):
-            counts = [sum(table[slot * per_slot + old * hist.BUCKETS + b]
+        rows = [(states.NAMES[old], old) for old in sorted({states.NUMBERS[o] for o, _ in trans})]
+        if ("SYN_SENT", "CLOSE") in trans:
+            rows.append((wire.CONNECT_FAILED, wire.HIST_CONNECT_FAILED))
+        for name, row in rows:
+            counts = [sum(table[slot * per_slot + row * hist.BUCKETS + b]
                           for slot in range(_NR_SLOTS)) for b in range(hist.BUCKETS)]
             if any(counts):
-                durations[states.NAMES[old]] = counts
-        return {"transitions": trans, "durations": durations}
+                durations[name] = counts
+        c = self.counters()
+        ends = {end: c["end_" + end] for end in wire.END.values() if c["end_" + end]}
+        return {"transitions": trans, "durations": durations, "ends": ends,
+                "lower_bounds": c["lower"]}
 
     def stories(self):
         """What the kernel holds now: [(story, "socks" | "tws", map key)]

@@ -92,7 +92,7 @@ import gc
 import os
 import time
 
-from . import hist, procnet, records, spec, states
+from . import hist, procnet, records, spec, states, wire
 from .backend import Backend, Failure
 
 SOURCE = "proc"
@@ -106,6 +106,13 @@ _LISTEN = _S["LISTEN"]
 _CLOSE = _S["CLOSE"]
 _LISTEN_TOK = b"%02X" % _LISTEN
 _NAMES = states.NAMES
+_SYN_SENT = _S["SYN_SENT"]
+
+
+def _row_name(num):
+    """A histogram's name: its state's, or that of failed connects."""
+    return wire.CONNECT_FAILED if num == wire.HIST_CONNECT_FAILED else _NAMES[num]
+
 _TIMED = tuple((name, _S[name]) for name in spec.TIMED_STATES)
 # a path whose last state before CLOSE is one of these saw both FINs
 _BOTH_FINS = {_TW, _S["LAST_ACK"]}
@@ -265,6 +272,7 @@ class ProcBackend(Backend):
         self._transitions = {}           # "OLD->NEW" -> n
         self._hist = {}                  # state -> [{bucket: n}, max, count]
         self._ends = {}                  # closed records by end
+        self._lower = 0                  # times in a state that were lower bounds
 
     # -- set-up --------------------------------------------------------------
 
@@ -347,7 +355,7 @@ class ProcBackend(Backend):
             d = {"count": n}
             d.update(hist.percentiles(counts))
             d["max_ns"] = mx
-            durations[_NAMES[num]] = d
+            durations[_row_name(num)] = d
         current = {}
         for fam in (4, 6):
             for s in self._socks[fam].values():
@@ -368,9 +376,9 @@ class ProcBackend(Backend):
             counts = [0] * hist.BUCKETS
             for b, c in sparse.items():
                 counts[b] = c
-            durations[_NAMES[num]] = counts
+            durations[_row_name(num)] = counts
         return {"transitions": {tuple(k.split("->")): n for k, n in self._transitions.items()},
-                "durations": durations, "ends": dict(self._ends)}
+                "durations": durations, "ends": dict(self._ends), "lower_bounds": self._lower}
 
     # -- one poll --------------------------------------------------------------
 
@@ -554,10 +562,14 @@ class ProcBackend(Backend):
         """A state record, counted for report()."""
         key = _NAMES[old] + "->" + _NAMES[new]
         self._transitions[key] = self._transitions.get(key, 0) + 1
-        if in_old is not None and not lower and old not in _UNTIMED:
-            h = self._hist.get(old)
+        if lower and in_old is not None and old not in _UNTIMED:
+            self._lower += 1
+        elif in_old is not None and old not in _UNTIMED:
+            # failed connects apart from those that got through (as the kernel's)
+            row = wire.HIST_CONNECT_FAILED if (old, new) == (_SYN_SENT, _CLOSE) else old
+            h = self._hist.get(row)
             if h is None:
-                h = self._hist[old] = [{}, 0, 0]
+                h = self._hist[row] = [{}, 0, 0]
             b = hist.bucket(in_old)
             h[0][b] = h[0].get(b, 0) + 1
             if in_old > h[1]:

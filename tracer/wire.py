@@ -57,9 +57,14 @@ VIA = _enum("ST_VIA_")
 END = _enum("ST_END_")
 FLAGS = {v: k for k, v in _enum("ST_F_").items()}
 COUNTERS = _enum("ST_CNT_")
-# counters that count records sent, not losses
+# counters that count records sent or facts, not losses (and "end_*":
+# connections ended, by END)
 SENT_COUNTERS = ("derived_sent", "state_sent", "closed_sent", "recovered", "self", "handoff",
-                 "impossible")
+                 "impossible", "lower") + tuple(n for n in COUNTERS.values()
+                                                if n.startswith("end_"))
+HIST_CONNECT_FAILED = _define("ST_HIST_CONNECT_FAILED")
+# its name in the exit report, the summary's durations and --metrics
+CONNECT_FAILED = "SYN_SENT->CLOSE"
 # what becomes a ``lost`` record: the header's loss counters and the
 # kernel's skipped program runs (recovered is taken off missed)
 LOSS_COUNTERS = tuple(n for n in COUNTERS.values() if n not in SENT_COUNTERS) + (
