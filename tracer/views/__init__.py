@@ -26,6 +26,9 @@ def _lazy(module):
     return main
 
 
-for _name in ("ports", "stat"):
+for _name in ("ports", "stat", "leaks"):
     COMMANDS[_name] = _lazy(_name)
 del _name
+
+# the live screen (rich): imported only when it runs, like the others
+COMMANDS["top"] = _lazy("top")

@@ -175,6 +175,7 @@ class Owners:
         self.denied = 0
         self.walked = False
         self._all = None
+        self.nfds = {}   # pid -> open fds, from the same walk
 
     def _collect(self):
         root = self.proc_root
@@ -189,6 +190,7 @@ class Owners:
             raise Failure("cannot list %s: %s" % (root, e.strerror))
         pids.sort()
         denied = 0
+        nfds = {}
         for pid in pids:
             try:
                 dfd = os.open("%s/%d/fd" % (root, pid), flags)
@@ -205,6 +207,7 @@ class Owners:
                     continue
                 except OSError:
                     continue
+                nfds[pid] = len(names)
                 for name in names:
                     try:
                         t = readlink(name, dir_fd=dfd)
@@ -220,7 +223,16 @@ class Owners:
             finally:
                 os.close(dfd)
         self.denied = denied
+        self.nfds = nfds
         self._all = found
+
+    def fd_counts(self):
+        """pid -> open fds of every process whose fd table this user may
+        read: the length of each listing the walk reads anyway (walking now
+        if it has not)."""
+        if self._all is None:
+            self._collect()
+        return self.nfds
 
     def finish(self, wanted):
         """Owners of the inodes in the set *wanted* (the walk done first)."""
