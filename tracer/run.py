@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from . import records
+from . import records, spec, wire
 from .backend import Failure, open_backend
 from .filters import Filter
 from .text import one_line
@@ -109,15 +109,33 @@ class Background(threading.Thread):
             self.join()
 
 
-def summary(backend, ts, received, lost_total):
-    """The exit report as a ``summary`` record (fields: tracer/spec.py)."""
+_DURATION_ORDER = {name: i for i, name in enumerate(
+    ("SYN_SENT", wire.CONNECT_FAILED) + tuple(n for n in spec.TIMED_STATES if n != "SYN_SENT"))}
+
+
+def summary(backend, args, ts, start_ts, seconds, received, lost_total, tally=None):
+    """The exit report as a ``summary`` record (fields: tracer/spec.py),
+    honouring the filters (see tracer/report.py)."""
+    from . import report
+
     rep = backend.report()
+    st = tally.stats() if tally is not None else backend.stats()
+    durs = report.durations(st["durations"])
+    durs = dict(sorted(durs.items(), key=lambda kv: _DURATION_ORDER.get(kv[0], 99)))
+    try:
+        current, top = report.exit_snapshot(args)
+    except Exception:            # no snapshot (another netns, no /proc): the backend's view
+        current, top = rep["current"], {"processes": [], "remotes": [],
+                                        "oldest_close_wait": None}
     counts = dict(rep.get("records", {}))
     counts["received"] = received
     counts["lost"] = dict(lost_total)
-    return {"type": "summary", "ts": ts, "transitions": rep["transitions"],
-            "durations": rep["durations"], "current": rep["current"],
-            "records": counts, "source": backend.source}
+    return {"type": "summary", "ts": ts, "start_ts": start_ts, "seconds": round(seconds, 3),
+            "scope": report.scope(args),
+            "transitions": {"%s->%s" % k: n for k, n in sorted(st["transitions"].items())},
+            "durations": durs, "lower_bounds": st.get("lower_bounds", 0),
+            "ended": dict(sorted(st.get("ends", {}).items())), "current": current,
+            "top": top, "records": counts, "source": backend.source}
 
 
 def run(args, ports=(), lports=(), rports=()):
@@ -166,6 +184,11 @@ def _run(args, sink, flags, ports, lports, rports, types):
         type(sink) is JsonSink and not keep.narrows_records) else None
     lost_total = {}
     received = [0]
+    # the kernel's tallies know the family and port filters, not these
+    from .report import Tally
+    tally = Tally() if keep.narrows_records else None
+    start_mono = time.monotonic_ns()
+    start_ts = fmt.ts(start_mono)
     now = time.monotonic()
     deadline = now + args.duration if args.duration else None
     next_dump = now + args.dump_every if args.dump_every else None
@@ -179,6 +202,8 @@ def _run(args, sink, flags, ports, lports, rports, types):
     def write(recs):
         if want is not None:
             recs = [r for r in recs if want(r)]
+            if tally is not None:
+                tally.add(recs)
         sink.write(recs)
 
     def pump():
@@ -254,7 +279,9 @@ def _run(args, sink, flags, ports, lports, rports, types):
                     if got and (job is dumper or "closed" in types):
                         write(got)
             pump()    # what arrived while we were stopping
-            final = summary(backend, fmt.ts(time.monotonic_ns()), received[0], lost_total)
+            end = time.monotonic_ns()
+            final = summary(backend, args, fmt.ts(end), start_ts, (end - start_mono) / 1e9,
+                            received[0], lost_total, tally)
             if args.summary or "summary" in types:
                 sink.write([final])
         except SinkClosed:
@@ -265,7 +292,9 @@ def _run(args, sink, flags, ports, lports, rports, types):
                 pass
             args.no_report = True
         if final is None and not args.no_report:
-            final = summary(backend, fmt.ts(time.monotonic_ns()), received[0], lost_total)
+            end = time.monotonic_ns()
+            final = summary(backend, args, fmt.ts(end), start_ts, (end - start_mono) / 1e9,
+                            received[0], lost_total, tally)
     finally:
         for job in (reconciler, dumper):
             if job is not None:

@@ -126,10 +126,21 @@ RECORDS = {
     ),
     "summary": (
         _TYPE("summary"), _TS,
+        F("start_ts", "string", "when the run began", pattern=TS_PATTERN),
+        F("seconds", "number", "how long the run lasted"),
+        F("scope", "string", "\"host-wide\", or \"filtered: \" and the filters: every "
+          "figure here honours them"),
         F("transitions", "counts", "transitions seen, by \"OLD->NEW\""),
         F("durations", "durations", "time in each state: count, p50/p90/p99 (log-linear "
-          "histogram, within 5%), max"),
-        F("current", "counts", "sockets now, by state"),
+          "histogram, within 5%), max; SYN_SENT holds the connects that got through, "
+          "\"SYN_SENT->CLOSE\" those that failed; lower bounds left out"),
+        F("lower_bounds", "int", "times in a state that were only lower bounds (sockets "
+          "older than socktrace), left out of durations"),
+        F("ended", "counts", "connections ended, by end (as in closed records)"),
+        F("current", "counts", "sockets now, by state (a snapshot at exit, filtered)"),
+        F("top", "top", "from the same snapshot: the processes and remote addresses "
+          "holding the most sockets ([name, count] pairs), and the oldest CLOSE_WAIT "
+          "(local, remote, age_s, owner) or null"),
         F("records", "records", "received, derived and lost records; self_transitions "
           "dropped"),
         F("source", "enum", enum=SOURCES),
@@ -178,6 +189,16 @@ def _json_type(f):
                 "count", "p50_ns", "p90_ns", "p99_ns", "max_ns")}}}
     elif t == "records":
         out = {"type": "object"}
+    elif t == "number":
+        out = {"type": "number", "minimum": 0}
+    elif t == "top":
+        pair = {"type": "array", "prefixItems": [{"type": "string"},
+                                                 {"type": "integer", "minimum": 0}],
+                "minItems": 2, "maxItems": 2}
+        out = {"type": "object", "required": ["processes", "remotes", "oldest_close_wait"],
+               "properties": {"processes": {"type": "array", "items": pair},
+                              "remotes": {"type": "array", "items": pair},
+                              "oldest_close_wait": {"type": ["object", "null"]}}}
     else:
         raise ValueError("unknown field type %r" % t)
     if f.null and "type" in out:
