@@ -67,14 +67,6 @@ def test_docs_queries_and_ddl_parse():
     assert documented()
 
 
-def free_port(host):
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def listener(host, listen=True):
     """Bound now; listening now or (listen=False) when the test says, so
     that its owner is the one listen() shows socktrace."""
@@ -86,10 +78,15 @@ def listener(host, listen=True):
     return s
 
 
+RETRIES = []
+
+
 def connect_from(ls, lport=0, attempts=1):
     """A client (bound to *lport* with SO_REUSEADDR) that closes first."""
     host, port = ls.getsockname()
     for i in range(attempts):
+        if i:
+            RETRIES.append(lport)   # a failed connect() has records of its own
         c = socket.socket()
         c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -114,7 +111,11 @@ def test_seed_questions_on_a_real_capture(tmp_path):
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     servers = {h: listener(h, listen=False) for h in NORMAL}
     probe = listener("127.0.0.6")
-    refused_port = free_port("127.0.0.4")
+    # bound, never listening: a SYN to it is answered by a reset, and no
+    # other socket takes the port meanwhile
+    refused = socket.socket()
+    refused.bind(("127.0.0.4", 0))
+    refused_port = refused.getsockname()[1]
     held = []
     try:
         leak_port = int(leaker.stdout.readline())
@@ -122,6 +123,14 @@ def test_seed_questions_on_a_real_capture(tmp_path):
             refused_port, leak_port, probe.getsockname()[1]]
         args = [a for p in ports for a in ("--port", str(p))]
         me = os.getpid()
+        # the port filter matches port numbers at any address: another test
+        # on this host may use one of them elsewhere in 127/8
+        ends = {("127.0.0.2", ports[0]), ("127.0.0.3", ports[1]), ("127.0.0.4", refused_port),
+                ("127.0.0.5", leak_port)}
+
+        def ours(e):
+            return ((e.get("laddr"), e.get("lport")) in ends
+                    or (e.get("raddr"), e.get("rport")) in ends)
 
         def sentinel():
             port = connect_from(probe)
@@ -147,22 +156,28 @@ def test_seed_questions_on_a_real_capture(tmp_path):
             held.append(c)
         for c in held:
             c.close()               # the leaker's side stays in CLOSE_WAIT
-        time.sleep(1.1)             # tcp_tw_reuse_delay: 1 s
+        # tcp_tw_reuse lets a connect take a TIME_WAIT's 4-tuple after
+        # tcp_tw_reuse_delay (1 s; in whole seconds before Linux 6.13: up to 2)
+        time.sleep(2.1)
         first = servers["127.0.0.2"]
         for lport in clients["127.0.0.2"][:REUSED]:
             assert connect_from(first, lport, attempts=30) == lport
+        assert not RETRIES, ("the kernel refused to reuse TIME_WAITs at first (%s): the "
+                             "counts below would include the failed connects" % RETRIES)
 
         def done(evs):
+            evs = [e for e in evs if ours(e)]
             closed = [e for e in evs if e["type"] == "closed"]
             return (sum(e["reason"] == "reused" for e in closed) == REUSED
                     and sum(e["end"] == "refused" for e in closed) == REFUSED
+                    and sum(e["role"] == "server" for e in closed) == sum(NORMAL.values()) + REUSED
                     and sum(e["type"] == "state" and e["new"] == "CLOSE_WAIT"
                             and e["comm"] == "st-leaker" for e in evs) == LEAKED)
         trace.wait_for(done, timeout=20, what="the workload's records")
         time.sleep(0.3)
         trace.assert_clean_exit()
     finally:
-        for s in list(servers.values()) + [probe]:
+        for s in list(servers.values()) + [probe, refused]:
             s.close()
         leaker.stdin.close()
         try:
@@ -172,11 +187,11 @@ def test_seed_questions_on_a_real_capture(tmp_path):
             leaker.wait()
     leaker_pid = leaker.pid
 
-    # the capture, less the readiness probes
-    probe_port = ports[-1]
-    recs = [e for e in read_events(path)
-            if probe_port not in (e.get("lport"), e.get("rport"))]
-    assert not [e for e in recs if e["type"] == "lost"], "records were lost"
+    # the capture: the workload's records (not the readiness probes, nor
+    # another process's that shared a port number)
+    everything = read_events(path)
+    assert not [e for e in everything if e["type"] == "lost"], "records were lost"
+    recs = [e for e in everything if ours(e)]
     stream = tmp_path / "stream.ndjson"
     stream.write_text("".join(json.dumps(e) + "\n" for e in recs))
 
