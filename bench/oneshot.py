@@ -38,6 +38,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(ROOT, ".venv", "bin", "python")
+CMD = os.path.join(ROOT, ".venv", "bin", "socktrace")
 LINGER0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # struct linger {1, 0}
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 PAIRS_PER_PROC = 8000
@@ -178,10 +179,13 @@ def inside(args):
         "ss -tanp": ["ss", "-tanp"],
         "ss -tlnp": ["ss", "-tlnp"],
         "ss -s": ["ss", "-s"],
-        "socktrace ports": [PY, "-m", "tracer", "ports"],
+        # the command users run: the launcher scripts/install.sh writes
+        # (python -S, site only for the trace: tracer/launch.py)
+        "socktrace ports": [CMD, "ports"],
         "socktrace ports PORT": None,           # filled in: a held listener's port
-        "socktrace stat": [PY, "-m", "tracer", "stat"],
-        "socktrace stat --json": [PY, "-m", "tracer", "stat", "--json"],
+        "socktrace stat": [CMD, "stat"],
+        "socktrace stat --json": [CMD, "stat", "--json"],
+        "python -m tracer stat": [PY, "-m", "tracer", "stat"],
         "python -c pass": [PY, "-c", "pass"],
         "ports, python -S": [PY, "-S", "-m", "tracer", "ports"],
         "stat, python -S": [PY, "-S", "-m", "tracer", "stat"],
@@ -210,7 +214,7 @@ def inside(args):
                     raise RuntimeError("holder %d failed: %r" % (p.pid, line))
                 port = int(line[1])
                 held_pairs += int(line[2])
-                tools["socktrace ports PORT"] = [PY, "-m", "tracer", "ports", str(port)]
+                tools["socktrace ports PORT"] = [CMD, "ports", str(port)]
             now = sockstat()
             tw_want = size - now.get("inuse", 0) - now.get("tw", 0)
             t = time.monotonic()

@@ -92,3 +92,21 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra" >&2
     touch "$stamp"
 fi
+
+# --- the command -------------------------------------------------------------
+# pip's console script starts Python with site's start-up work (every .pth
+# file, the editable install's import hook: 40-80 ms, more than ss takes for
+# 10k sockets); this one starts it with -S and lets only the trace load site
+# (tracer/launch.py).  Paths are quoted: the checkout may contain spaces.
+root=$(pwd)
+purelib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+launcher=.venv/bin/socktrace
+want=$(printf '#!/bin/sh\n# written by scripts/install.sh: see tracer/launch.py\nexec %q -S -c %q %q %q "$@"\n' \
+    "$root/.venv/bin/python" \
+    'import sys; sys.path[0:0] = [sys.argv.pop(1), sys.argv.pop(1)]; from tracer.launch import main; sys.exit(main())' \
+    "$root" "$purelib")
+if [ "$(cat "$launcher" 2>/dev/null)" != "$want" ]; then
+    printf '%s\n' "$want" > "$launcher.tmp"
+    chmod 755 "$launcher.tmp"
+    mv -f "$launcher.tmp" "$launcher"
+fi
