@@ -23,10 +23,12 @@ What it does:
   churn are done; every chunk is bounded by count and time;
 * samples socktrace's VmRSS, VmHWM and CPU time (utime + stime) from /proc
   every ``--sample`` seconds (default 30);
-* after the churn waits ``--tail`` seconds (default 70: TIME_WAIT is 60 s,
-  up to ~62 s with timer slack) so that every client's TIME_WAIT has ended
-  and its ``closed`` record is out, then stops socktrace with SIGINT and
-  reads its exit report from stderr;
+* after the churn waits until the namespace holds no TIME_WAIT socket any
+  more (``ss`` in the namespace, every 5 s, at most ``--tail-max`` s): a
+  TIME_WAIT lasts 60-62 s, but one that a late segment hits (a retransmitted
+  FIN) starts its 60 s again, so a fixed wait of 70 s is not enough; then
+  waits ``--tail`` s more (default 5) for the last records, stops socktrace
+  with SIGINT and reads its exit report from stderr;
 * fits a least-squares slope (KiB/min) to the RSS samples taken after
   ``--warmup`` minutes, and checks: no ``lost`` record and "lost: none" in
   the exit report; ``closed`` records of the storm's connections ==
@@ -106,8 +108,9 @@ def slope(points):
 class Reader(threading.Thread):
     """Reads socktrace's NDJSON from the pipe and counts it."""
 
-    def __init__(self, stream, storm_ports, probe_port):
+    def __init__(self, stream, storm_ports, probe_port, save=None):
         super().__init__(daemon=True)
+        self.save = save
         self.stream = stream
         self.storm_ports = storm_ports
         self.probe_port = probe_port
@@ -130,7 +133,10 @@ class Reader(threading.Thread):
         except ImportError:                       # pragma: no cover
             loads = json.loads
         probe = b"%d" % self.probe_port
+        save = open(self.save, "wb") if self.save else None
         for line in self.stream:
+            if save is not None:
+                save.write(line)
             self.bytes += len(line)
             self.lines += 1
             # the type is the first field: '{"type":"state",...'
@@ -165,6 +171,8 @@ class Reader(threading.Thread):
                     self.lost.append(rec)
             elif t == "summary":
                 self.summary = rec
+        if save is not None:
+            save.close()
 
     def snapshot(self):
         with self.lock:
@@ -186,8 +194,12 @@ def main():
     p.add_argument("--sample", type=float, default=30.0, help="RSS sample interval, s (default 30)")
     p.add_argument("--chunk", type=float, default=300.0,
                    help="seconds per storm run (default 300, storm.py caps it at 600)")
-    p.add_argument("--tail", type=float, default=70.0,
-                   help="seconds to wait after the churn for TIME_WAITs to end (default 70)")
+    p.add_argument("--tail", type=float, default=5.0,
+                   help="seconds to wait once the namespace has no TIME_WAIT left (default 5)")
+    p.add_argument("--tail-max", type=float, default=300.0,
+                   help="at most this long for the namespace's TIME_WAITs to end (default 300)")
+    p.add_argument("--save", default=None,
+                   help="also write socktrace's NDJSON to this file (large: ~400 bytes a record)")
     p.add_argument("--base-port", type=int, default=24000, help="first listener port (default 24000)")
     p.add_argument("--ports", type=int, default=4, help="listener ports (default 4)")
     p.add_argument("--all", action="store_true",
@@ -214,6 +226,9 @@ def main():
         git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         result["commit"] = git.stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--short", "--", "tracer", "bpf"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        result["uncommitted"] = dirty.stdout.split("\n")[:-1]    # what ran besides the commit
     except OSError:
         result["commit"] = None
 
@@ -235,7 +250,7 @@ def main():
         tracer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err_file, cwd=ROOT,
                                   start_new_session=True,
                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        reader = Reader(tracer.stdout, storm_ports, probe_port)
+        reader = Reader(tracer.stdout, storm_ports, probe_port, args.save)
         reader.start()
         log("socktrace pid %d: %s" % (tracer.pid, " ".join(argv[1:])))
         deadline = time.monotonic() + 120
@@ -299,13 +314,26 @@ def main():
             runs.append(st)
             log("storm: %s" % st)
         churn_s = time.monotonic() - t_ready
-        log("churn done after %.1f s; waiting %.0f s for TIME_WAITs to end" % (churn_s, args.tail))
-        tail_end = time.monotonic() + args.tail
+        log("churn done after %.1f s; waiting for the namespace's TIME_WAITs to end" % churn_s)
+        t_tail = time.monotonic()
+        tail_end, next_check, tw_left = t_tail + args.tail_max, t_tail, None
         while time.monotonic() < tail_end:
-            if time.monotonic() >= next_sample:
+            now = time.monotonic()
+            if now >= next_sample:
                 sample()
                 next_sample += args.sample
+            if now >= next_check:
+                next_check = now + 5
+                ss = netns_run(ns, ["ss", "-Htan", "state", "time-wait"], stdout=subprocess.PIPE,
+                               text=True, timeout=60)
+                tw_left = len(ss.stdout.splitlines())
+                if tw_left == 0:
+                    break
             time.sleep(0.2)
+        result["tail_s"] = round(time.monotonic() - t_tail, 1)
+        result["time_wait_left"] = tw_left
+        log("TIME_WAIT sockets left in the namespace: %s after %.0f s" % (tw_left, result["tail_s"]))
+        time.sleep(args.tail)
         sample()
 
         tracer.send_signal(signal.SIGINT)
@@ -344,6 +372,7 @@ def main():
             "churn_complete": storm_ok and churn_s >= args.minutes * 60 - 2,
             "socktrace_exit_0": tracer_rc == 0,
             "no_bad_lines": reader.bad_lines == 0,
+            "no_time_wait_left": tw_left == 0,
         }
         result.update({
             "storm_runs": runs,
