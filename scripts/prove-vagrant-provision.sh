@@ -38,6 +38,15 @@ debootstrap --variant=minbase bookworm "$root" "$mirror" >"$root.debootstrap.log
     { tail -20 "$root.debootstrap.log" >&2; exit 1; }
 rm -f "$root.debootstrap.log"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# This host reaches PyPI through a TLS-intercepting proxy whose CA only its
+# own bundle holds (its pip is told so: PIP_CERT or pip.conf's cert).  Hand
+# the same bundle to pip in the chroot; a VM with direct access needs none.
+pip_cert=${PIP_CERT:-$(sed -n 's/^cert *= *//p' /etc/pip.conf 2>/dev/null | head -n 1)}
+if [ -n "$pip_cert" ] && [ -f "$pip_cert" ]; then
+    say "pip in the chroot trusts this host's CA bundle ($pip_cert), as this host's pip does"
+    cp "$pip_cert" "$root/etc/host-ca-bundle.crt"
+    export CHROOT_PIP_CERT=/etc/host-ca-bundle.crt
+fi
 # no daemons started by package scripts inside a chroot
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod +x "$root/usr/sbin/policy-rc.d"
@@ -55,7 +64,8 @@ mount --rbind /sys "$root/sys"
 mount -t proc proc "$root/proc"
 in_root() {
     chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 TERM=dumb SOCKTRACE_SRC=/socktrace "$@"
+        HOME=/root LANG=C.UTF-8 TERM=dumb SOCKTRACE_SRC=/socktrace \
+        ${CHROOT_PIP_CERT:+PIP_CERT=$CHROOT_PIP_CERT} "$@"
 }
 failed=0
 check() {   # check WHAT SCRIPT: run it in the chroot, say PASS/FAIL
