@@ -6,11 +6,11 @@ one-line message for anything the host or the user got wrong at run time.
 """
 
 import argparse
-import math
 import os
 import sys
 
 from . import __version__
+from . import args as cmdline
 from .text import one_line
 
 # What the subcommands are; their modules (tracer/views/) and the trace's
@@ -46,46 +46,8 @@ tracer/schema/events.schema.json.
 """
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _ports(text):
-    out = []
-    for part in text.split(","):
-        try:
-            p = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError("not a port: %r" % part)
-        if not 0 < p < 65536:
-            raise argparse.ArgumentTypeError("port out of range 1-65535: %d" % p)
-        out.append(p)
-    return out
-
-
-def _positive(kind, low=None, high=None, unit=""):
-    """A finite number > 0 (and within [low, high] when given)."""
-    def conv(text):
-        try:
-            v = kind(text)
-        except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError("not %s: %r" % (
-                "an integer" if kind is int else "a number", text))
-        if not math.isfinite(v):
-            raise argparse.ArgumentTypeError("must be a finite number: %r" % text)
-        if v <= 0:
-            raise argparse.ArgumentTypeError("must be > 0: %r" % text)
-        if low is not None and v < low:
-            raise argparse.ArgumentTypeError("must be at least %s%s: %r" % (low, unit, text))
-        if high is not None and v > high:
-            raise argparse.ArgumentTypeError("must be at most %s%s: %r" % (high, unit, text))
-        return v
-    return conv
+_positive = cmdline.positive
+UsageError = cmdline.UsageError
 
 
 def _mem_available():
@@ -165,24 +127,8 @@ def _records(text):
     return out
 
 
-def _state(text):
-    try:
-        from .states import parse_state
-        return parse_state(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e))
-
-
-def _cidr(text):
-    from .filters import parse_cidr
-    try:
-        return parse_cidr(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e))
-
-
 def build_parser():
-    p = _Parser(prog="socktrace", description="Trace every TCP state transition on "
+    p = cmdline.Parser(prog="socktrace", description="Trace every TCP state transition on "
                 "this host, with owners and durations, as NDJSON.",
                 epilog=SUBCOMMANDS + "\n" + EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,22 +138,7 @@ def build_parser():
                         "ecs: NDJSON in the Elastic Common Schema 8.x")
     p.add_argument("--duration", type=_positive(float), metavar="SECONDS",
                    help="stop after this long")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
-    fam.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    p.add_argument("--port", type=_ports, action="append", default=[], metavar="PORT[,PORT]",
-                   help="local or remote port (repeatable)")
-    p.add_argument("--lport", type=_ports, action="append", default=[], metavar="PORT",
-                   help="local port")
-    p.add_argument("--rport", type=_ports, action="append", default=[], metavar="PORT",
-                   help="remote port")
-    p.add_argument("--addr", type=_cidr, action="append", default=[], metavar="CIDR",
-                   help="local or remote address in this network")
-    p.add_argument("--pid", type=_positive(int, high=1 << 22), action="append", default=[],
-                   help="owning process id (repeatable)")
-    p.add_argument("--comm", action="append", default=[], help="owning process name")
-    p.add_argument("--state", type=_state, action="append", default=[], metavar="NAME",
-                   help="transitions into or out of this state (ss spellings too: time-wait)")
+    cmdline.add_filters(p)
     p.add_argument("--backend", choices=("auto", "bpf", "proc"), default="auto",
                    help="auto: eBPF when possible, else /proc polling (default)")
     p.add_argument("--interval", type=_positive(float, 0.01, 3600, " s"), default=1.0,

@@ -1,0 +1,91 @@
+"""The command line's pieces that the trace and every subcommand share: a
+parser whose errors are one line (UsageError, never SystemExit), the
+converters of numbers, ports, states and networks, and the filter flags,
+declared once so that ``socktrace --port 80`` and ``socktrace ports --port
+80`` mean the same."""
+
+import argparse
+import math
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def ports(text):
+    """'80,443' -> [80, 443]."""
+    out = []
+    for part in text.split(","):
+        try:
+            p = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a port: %r" % part)
+        if not 0 < p < 65536:
+            raise argparse.ArgumentTypeError("port out of range 1-65535: %d" % p)
+        out.append(p)
+    return out
+
+
+def positive(kind, low=None, high=None, unit=""):
+    """A converter to a finite number > 0 (and within [low, high] when given)."""
+    def conv(text):
+        try:
+            v = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError("not %s: %r" % (
+                "an integer" if kind is int else "a number", text))
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError("must be a finite number: %r" % text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError("must be > 0: %r" % text)
+        if low is not None and v < low:
+            raise argparse.ArgumentTypeError("must be at least %s%s: %r" % (low, unit, text))
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError("must be at most %s%s: %r" % (high, unit, text))
+        return v
+    return conv
+
+
+PID_MAX = 1 << 22          # the kernel's PID_MAX_LIMIT
+pid = positive(int, high=PID_MAX)
+
+
+def state(text):
+    from .states import parse_state
+    try:
+        return parse_state(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def cidr(text):
+    from .filters import parse_cidr     # ipaddress: only when asked
+    try:
+        return parse_cidr(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def add_filters(p, owner="owning", state_help="transitions into or out of this state"):
+    """-4/-6, --port, --lport, --rport, --addr, --pid, --comm, --state."""
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
+    fam.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
+    p.add_argument("--port", type=ports, action="append", default=[], metavar="PORT[,PORT]",
+                   help="local or remote port (repeatable)")
+    p.add_argument("--lport", type=ports, action="append", default=[], metavar="PORT",
+                   help="local port")
+    p.add_argument("--rport", type=ports, action="append", default=[], metavar="PORT",
+                   help="remote port")
+    p.add_argument("--addr", type=cidr, action="append", default=[], metavar="CIDR",
+                   help="local or remote address in this network")
+    p.add_argument("--pid", type=pid, action="append", default=[],
+                   help="%s process id (repeatable)" % owner)
+    p.add_argument("--comm", action="append", default=[], help="%s process name" % owner)
+    p.add_argument("--state", type=state, action="append", default=[], metavar="NAME",
+                   help="%s (ss spellings too: time-wait)" % state_help)
