@@ -257,16 +257,15 @@ def percentile(sorted_vals, q):
 
 
 class Sampler:
-    """Sockets per state now (one sock_diag dump) and, every CW_EVERY_S,
-    CLOSE_WAIT sockets per process (a walk of /proc/*/fd for their inodes).
-    ``__call__`` returns [sample]: it runs as a run.Background job."""
+    """Sockets per state now: one sock_diag dump (with --pid or --comm, and
+    a walk of /proc/*/fd for their owners).  ``__call__`` returns [sample]:
+    it runs as a run.Background job, once a refresh."""
 
     def __init__(self, match, family):
         self.match = match
         self.families = (family,) if family else (4, 6)
-        self.last_cw = None
 
-    def __call__(self, force_cw=False):
+    def __call__(self):
         t = time.monotonic()
         m = self.match
         socks = sockdiag.dump(self.families, sockdiag.ALL)
@@ -283,21 +282,40 @@ class Sampler:
             counts[names[s.state]] += 1
         if "NEW_SYN_RECV" in counts:
             counts["SYN_RECV"] += counts.pop("NEW_SYN_RECV")
-        cw = None
-        if force_cw or self.last_cw is None or t - self.last_cw >= CW_EVERY_S:
-            self.last_cw = t
-            cws = [s for s in socks if s.state == states.CLOSE_WAIT and s.inode]
-            cw = Counter()
-            if cws:
-                owners = common.Owners().finish({s.inode for s in cws})
-                denied = owners.denied
-                for s in cws:
-                    seen = set()
-                    for pid, comm, _fd in owners.get(s.inode):
-                        if pid not in seen:
-                            seen.add(pid)
-                            cw[(pid, comm)] += 1
-        return [{"t": t, "states": counts, "total": len(socks), "cw": cw, "denied": denied}]
+        return [{"kind": "states", "t": t, "states": counts, "total": len(socks),
+                 "denied": denied}]
+
+
+class CloseWaitSampler:
+    """CLOSE_WAIT sockets per process: a dump of the CLOSE_WAIT sockets only
+    (the kernel picks them) and a walk of /proc/*/fd for their inodes, the
+    costly part; a run.Background job every CW_EVERY_S (or less often: it
+    waits twenty times as long as it took)."""
+
+    def __init__(self, match, family):
+        self.match = match
+        self.families = (family,) if family else (4, 6)
+
+    def __call__(self):
+        t = time.monotonic()
+        m = self.match
+        socks = [s for s in sockdiag.dump(self.families, 1 << states.CLOSE_WAIT)
+                 if s.inode and (not m.narrows or m.sock(s))]
+        cw = Counter()
+        denied = None
+        if socks:
+            owners = common.Owners().finish({s.inode for s in socks})
+            denied = owners.denied
+            for s in socks:
+                holders = owners.get(s.inode)
+                if not m.owner(holders):
+                    continue
+                seen = set()
+                for pid, comm, _fd in holders:
+                    if pid not in seen:
+                        seen.add(pid)
+                        cw[(pid, comm)] += 1
+        return [{"kind": "cw", "t": t, "cw": cw, "denied": denied}]
 
 
 class CloseWaitHistory:
@@ -519,8 +537,9 @@ def render(doc, w, h, ui):
         if doc["sockets_change"]:
             s2 += " (%s)" % _change(doc["sockets_change"])
     s2 += "  connect p50 %s p99 %s" % (fmt_ns(lat["p50_ns"]), fmt_ns(lat["p99_ns"]))
-    if wide or lat["count"]:
-        s2 += " n=%d" % lat["count"]
+    n = " n=%d" % lat["count"]
+    if wide or (lat["count"] and len(s2) + len(n) <= w):
+        s2 += n
     lines.append(Text(s2))
     f = {r["end"]: r for r in doc["failures"]}
     other_w = sum(f[e]["window"] for e in OTHER_FAILS)
@@ -779,6 +798,11 @@ def view(args):
     except ImportError as e:
         raise common.Failure("cannot import rich (%s); run socktrace from its environment: "
                              ".venv/bin/socktrace" % e)
+    if sys.flags.no_site and args.backend != "proc":
+        # the checkout's launcher starts views without site (tracer/launch.py);
+        # the trace's eBPF backend needs bcc, from the system's site-packages
+        import site
+        site.main()
     from ..backend import Failure as BackendFailure
     from ..backend import open_backend
     from ..filters import Filter
@@ -806,14 +830,15 @@ def view(args):
             raise common.Failure(str(e))
         if flags.stop:
             return 0
-        sampler = Sampler(m, args.family)
-        every = CW_EVERY_S if args.once else args.delay
-        jobs = [Background("listing sockets", sampler, every=every),
+        jobs = [Background("listing sockets", Sampler(m, args.family), every=args.delay),
+                Background("finding the owners of CLOSE_WAIT sockets",
+                           CloseWaitSampler(m, args.family), every=CW_EVERY_S),
                 Background("reconciling with the kernel's sockets", backend.reconcile,
                            every=RECONCILE_S)]
         for j in jobs:
             j.start()
         jobs[0].request()
+        jobs[1].request()
         if args.once:
             return _once(args, backend, keep, jobs, flags)
         return _live(args, backend, keep, jobs, flags, screen)
@@ -908,22 +933,22 @@ class _State:
         return len(recs)
 
     def take(self, jobs, now):
-        sampler, reconciler = jobs
-        for s in sampler.take():
-            self.take_sample(s)
-        ended = reconciler.take()
+        for job in jobs[:2]:
+            self.take_sample(job.take())
+        ended = jobs[2].take()
         if ended:
             if self.keep is not None:
                 ended = [r for r in ended if self.keep(r)]
             self.stats.add(ended, now)
 
     def take_sample(self, got):
-        for s in got if isinstance(got, list) else [got]:
-            if self.sample is not None:
-                self.prev = self.sample
-            self.sample = s
-            if s["cw"] is not None:
+        for s in got:
+            if s["kind"] == "cw":
                 self.cw.add(s["t"], s["cw"])
+            else:
+                if self.sample is not None:
+                    self.prev = self.sample
+                self.sample = s
             if s["denied"] and not self.denied_noted:
                 self.denied_noted = True
                 self.notes.append("owners unknown for the sockets of %d processes whose "
@@ -947,19 +972,17 @@ def _once(args, backend, keep, jobs, flags):
         if now >= end:
             break
         time.sleep(min(KEY_POLL_S, max(0.0, end - now)))
-    # the first sample (asked for at the start) and one now: the state
-    # change spans the delay
-    sampler = jobs[0]
+    # the first samples (asked for at the start), and new ones now: the
+    # changes span the delay
     deadline = time.monotonic() + 5.0
     while not flags.stop and time.monotonic() < deadline:
-        now = time.monotonic()
-        st.take(jobs, now)
-        if st.sample is not None:
+        st.take(jobs, time.monotonic())
+        if st.sample is not None and st.cw.samples:
             break
         time.sleep(0.01)
-    st.take(jobs, time.monotonic())
     if not flags.stop:
-        st.take_sample(sampler.job(force_cw=True))
+        st.take_sample(jobs[0].job())
+        st.take_sample(jobs[1].job())
     now = time.monotonic()
     st.pump(now)
     st.stats.tick(now - t0)
