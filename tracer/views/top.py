@@ -72,7 +72,8 @@ Connect latency: SYN_SENT -> ESTABLISHED, the last 60 s.  The /proc backend
 WINDOW_S = 10.0          # rates and tops: over the last this many seconds
 LATENCY_WINDOW_S = 60.0
 LATENCY_MAX = 20000      # samples kept (the most recent)
-CW_EVERY_S = 2.0         # owners of CLOSE_WAIT sockets: a /proc walk this often
+CW_EVERY_S = 1.0         # owners of CLOSE_WAIT sockets: a /proc walk at most this often
+                         # (and twenty times as long as the last one took)
 CW_HISTORY_S = 30.0      # a process's CLOSE_WAIT change: against this long ago
 RECONCILE_S = 5.0
 KEY_POLL_S = 0.05        # the loop's step: keys and records within this
@@ -289,8 +290,9 @@ class Sampler:
 class CloseWaitSampler:
     """CLOSE_WAIT sockets per process: a dump of the CLOSE_WAIT sockets only
     (the kernel picks them) and a walk of /proc/*/fd for their inodes, the
-    costly part; a run.Background job every CW_EVERY_S (or less often: it
-    waits twenty times as long as it took)."""
+    costly part; a run.Background job once a refresh, at most every
+    CW_EVERY_S (less often when a walk is slow: the job waits twenty times
+    as long as it took)."""
 
     def __init__(self, match, family):
         self.match = match
@@ -560,6 +562,16 @@ def render(doc, w, h, ui):
         x.overflow = "ellipsis"
 
     flt = ui.filter
+    # what each panel would list (the filter applied)
+    data = {
+        "states": doc["states"],
+        "procs": [r for r in doc["processes"]
+                  if _matches("%s/%d" % (r["comm"], r["pid"]), flt)],
+        "remotes": [r for r in doc["remote_addresses"] if _matches(r["addr"], flt)],
+        "ports": [r for r in doc["ports"] if _matches(str(r["port"]), flt)],
+        "cw": [r for r in doc["close_wait"] if _matches("%s/%d" % (r["comm"], r["pid"]), flt)],
+        "fails": sorted(doc["failures"], key=lambda r: (-r["window"], -r["total"])),
+    }
 
     def table(cols):
         tb = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False, expand=False,
@@ -573,7 +585,7 @@ def render(doc, w, h, ui):
 
     def states_panel(n):
         tb = table([("STATE", "left", {}), ("NOW", "right", {}), ("CHG", "right", {})])
-        for r in doc["states"][:n]:
+        for r in data["states"][:n]:
             tb.add_row(r["state"], str(r["now"]), _change(r["change"]))
         if not doc["states"]:
             empty(tb, 3, "(no sample yet)")
@@ -588,8 +600,7 @@ def render(doc, w, h, ui):
         if wide:
             cols.append(("CONN p50", "right", {}))
         tb = table(cols)
-        rows = [r for r in doc["processes"]
-                if _matches("%s/%d" % (r["comm"], r["pid"]), flt)][:n]
+        rows = data["procs"][:n]
         for r in rows:
             cells = [safe("%s/%d" % (r["comm"], r["pid"])), fmt_rate(r["transitions_per_s"]),
                      str(r["opened"])]
@@ -612,7 +623,7 @@ def render(doc, w, h, ui):
         if wide:
             cols.append(("CONN p50", "right", {}))
         tb = table(cols)
-        rows = [r for r in doc["remote_addresses"] if _matches(r["addr"], flt)][:n]
+        rows = data["remotes"][:n]
         for r in rows:
             cells = [safe(_addr(r["family"], r["addr"])), fmt_rate(r["transitions_per_s"]),
                      str(r["opened"])]
@@ -632,7 +643,7 @@ def render(doc, w, h, ui):
             cols.append(("CLOSE", "right", {}))
         cols.append(("FAIL", "right", {}))
         tb = table(cols)
-        rows = [r for r in doc["ports"] if _matches(str(r["port"]), flt)][:n]
+        rows = data["ports"][:n]
         for r in rows:
             cells = [str(r["port"]), fmt_rate(r["transitions_per_s"]), str(r["opened"])]
             if wide:
@@ -647,8 +658,7 @@ def render(doc, w, h, ui):
         over = max([r["over_s"] for r in doc["close_wait"]] or [0])
         tb = table([("CLOSE_WAIT BY PROCESS", "left", {"ratio": 1, "min_width": 10}),
                     ("CW", "right", {}), ("CHG/%ds" % over if over >= 1 else "CHG", "right", {})])
-        rows = [r for r in doc["close_wait"]
-                if _matches("%s/%d" % (r["comm"], r["pid"]), flt)][:n]
+        rows = data["cw"][:n]
         for r in rows:
             tb.add_row(safe("%s/%d" % (r["comm"], r["pid"])), str(r["close_wait"]),
                        Text(_change(r["change"]) or "=",
@@ -660,19 +670,25 @@ def render(doc, w, h, ui):
     def fails_panel(n):
         tb = table([("FAILED", "left", {"ratio": 1}), ("LAST", "right", {}),
                     ("%dS" % doc["window_s"], "right", {}), ("TOTAL", "right", {})])
-        rows = sorted(doc["failures"], key=lambda r: (-r["window"], -r["total"]))
-        for r in rows[:n]:
+        for r in data["fails"][:n]:
             tb.add_row(r["end"], str(r["last"]), str(r["window"]), str(r["total"]))
         return tb
 
     panels = {"states": states_panel, "procs": procs_panel, "remotes": remotes_panel,
               "ports": ports_panel, "cw": cw_panel, "fails": fails_panel}
     body = []
-    for nlines, row in layout(w, budget):
+    plan = layout(w, budget)
+    carry = 0
+    for i, (nlines, row) in enumerate(plan):
+        # lines a row does not need go to the rows below it
+        have = nlines + carry
+        need = 1 + max(max(1, len(data[name])) for name, _ in row)
+        use = have if i == len(plan) - 1 else min(have, need)
+        carry = have - use
         g = Table.grid(expand=True, padding=(0, 2))
         for _name, ratio in row:
             g.add_column(ratio=ratio)
-        g.add_row(*(panels[name](nlines - 1) for name, _ in row))
+        g.add_row(*(panels[name](use - 1) for name, _ in row))
         body.append(g)
     return Group(*(head + body))
 
@@ -832,7 +848,8 @@ def view(args):
             return 0
         jobs = [Background("listing sockets", Sampler(m, args.family), every=args.delay),
                 Background("finding the owners of CLOSE_WAIT sockets",
-                           CloseWaitSampler(m, args.family), every=CW_EVERY_S),
+                           CloseWaitSampler(m, args.family),
+                           every=max(args.delay, CW_EVERY_S)),
                 Background("reconciling with the kernel's sockets", backend.reconcile,
                            every=RECONCILE_S)]
         for j in jobs:
