@@ -63,13 +63,16 @@ class Clock:
 def child_process(name, fn):
     """Fork a helper that runs fn() under its own name and exits (never
     returns in the child); returns its pid.  The helper stops when fn
-    returns, on SIGTERM, or when its parent is gone."""
+    returns, on SIGTERM (at once), or when its parent is gone."""
     sys.stdout.flush()
     pid = os.fork()
     if pid:
         return pid
     code = 0
     try:
+        # a helper holds nothing to clean up but sockets, which the kernel
+        # closes with it: SIGTERM ends it at once, even inside a blocking call
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         set_name(name)
         fn()
     except KeyboardInterrupt:
