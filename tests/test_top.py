@@ -77,7 +77,10 @@ while not done.is_set() and time.monotonic() < end:
             pass
         r.close()
     if n % 4 == 0 and len(open_) < 400:
-        lc = socket.create_connection((addr, leakport), timeout=2)
+        try:
+            lc = socket.create_connection((addr, leakport), timeout=2)
+        except OSError:
+            break     # the leaker is gone: the test is ending
         open_.append((now + hold, lc, None))
     keep = []
     for t, x, y in open_:
@@ -196,7 +199,7 @@ def children():
     try:
         yield start
     finally:
-        for c in made:
+        for c in reversed(made):     # the traffic before the server it connects to
             c.stop()
 
 
@@ -463,3 +466,15 @@ def test_names_are_escaped():
         out = cap.get()
         assert "\x1b" not in out and "\x07" not in out
         assert "x\\x1b]0;pwn\\x07" in out, out
+
+
+@pytest.mark.parametrize("argv", [["-d", "0"], ["-d", "nan"], ["--interval", "inf"],
+                                  ["--port", "x"], ["--state", "bogus"], ["--backend", "x"],
+                                  ["--addr", "::1/129"], ["--json"], ["extra"]])
+def test_bad_arguments_one_line(argv):
+    r = subprocess.run([SOCKTRACE, "top"] + argv, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("socktrace top: "), r.stderr
+    assert lines[0].isprintable()

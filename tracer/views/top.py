@@ -14,11 +14,10 @@ Where the figures come from:
   root, else the /proc poller, whose records miss what lives and dies
   between two polls (refused connects, most latencies);
 * a sock_diag dump once a refresh (what ``ss`` reads; any user may) for the
-  states, and every few seconds a walk of /proc/*/fd for the owners of the
-  CLOSE_WAIT sockets (without root, other users' processes stay unknown).
-
-Both run beside the screen: the dump in a thread of its own, the backend
-read in the loop that also reads the keys.  Keys: ``q`` quit, ``s`` next
+  states, and a walk of /proc/*/fd for the owners of the CLOSE_WAIT sockets
+  (without root, other users' processes stay unknown), each in a thread of
+  its own (tracer/run.py's Background: a slow walk runs less often, never
+  delays the screen); the backend is read in the loop that reads the keys.  Keys: ``q`` quit, ``s`` next
 sort column, ``f`` filter the lists by text, ``c`` clear the filter, ``p``
 pause the screen (counting goes on).  Rendered with rich (full screen);
 without a terminal, ``--once`` prints one frame as text or ``--json``.
@@ -63,7 +62,9 @@ goes on).  Ctrl-C and SIGTERM end it too.
 
 TR/s: transitions per second over the last 10 s; OPEN, CLOSE, FAIL:
 connections opened, closed and failed (refused, timeout, reset, cancelled,
-error, aborted) in the last 10 s; CW: CLOSE_WAIT sockets held now.  A
+error, aborted) in the last 10 s, each end counted (a connection between
+two local sockets opens twice); CW: CLOSE_WAIT sockets held now.  PORT:
+the service's port (the local one of a server, the remote one of a client).  A
 process's CLOSE_WAIT change is against the oldest sample of the last 30 s.
 Connect latency: SYN_SENT -> ESTABLISHED, the last 60 s.  The /proc backend
 (not root) sees no transition that begins and ends between two polls.
