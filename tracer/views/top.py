@@ -100,6 +100,9 @@ def build_parser():
                    help="auto: eBPF when possible, else /proc polling (default)")
     p.add_argument("--interval", type=_delay, default=1.0, metavar="SECONDS",
                    help="proc backend poll interval (default 1)")
+    for action in p._actions:
+        if action.dest == "json":
+            action.help = "with --once: the frame as one JSON document"
     return p
 
 
