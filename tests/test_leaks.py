@@ -30,6 +30,7 @@ import random
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,9 +48,10 @@ if not os.path.exists(PY):
 
 pytestmark = pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
 
-DURATION, INTERVAL, STEP = 4, 0.5, 0.3
-FEED_UNTIL_SAMPLE = 6          # of 9: 2.5 s into the watch
-WATCH = ["--duration", str(DURATION), "--interval", str(INTERVAL)]
+STEP = 0.3                     # the feed: one connection, one fd, every 0.3 s
+WATCH = ["--duration", "4", "--interval", "0.5"]      # 9 samples
+WATCH_A = ["--duration", "5", "--interval", "0.5"]    # 11 samples: quiet for the last 2
+FEED_UNTIL_SAMPLE = 9
 
 CHILD = r"""
 import ctypes, os, select, socket, sys, time
@@ -199,20 +201,22 @@ class Run:
     """``socktrace leaks`` with its stderr on a terminal of its own, whose
     progress lines ("sample N/9") tell when its samples are taken."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, watch=WATCH):
         self.master, slave = pty.openpty()
         try:
-            self.p = subprocess.Popen([PY, "-m", "tracer", "leaks"] + argv + WATCH,
+            self.p = subprocess.Popen([PY, "-m", "tracer", "leaks"] + argv + watch,
                                       stdout=subprocess.PIPE, stderr=slave, cwd=ROOT,
                                       env=dict(os.environ, COLUMNS="80"))
         finally:
             os.close(slave)
         self.progress = b""
         self.sample = 0
+        self.ended = False
         self.returncode = None
 
     def poll_progress(self, timeout):
-        if self.master is None:
+        if self.master is None or self.ended:
+            time.sleep(timeout)
             return self.sample
         r, _, _ = select.select([self.master], [], [], timeout)
         if r:
@@ -220,8 +224,10 @@ class Run:
                 data = os.read(self.master, 4096)
             except OSError:    # EIO: the program ended
                 data = b""
+            if not data:
+                self.ended = True
             self.progress += data
-            nums = re.findall(rb"sample (\d+)/9", self.progress)
+            nums = re.findall(rb"sample (\d+)/", self.progress)
             if nums:
                 self.sample = int(nums[-1])
         return self.sample
@@ -277,19 +283,19 @@ def test_leaks_names_the_leakers_and_no_one_else(children, addr, tmp_path):
     first_client = None
     steps = 0
     try:
-        # b and c first; a (the one compared exactly) once both sample, so
-        # that the feed, from a's first sample to its 6th, lies in the
-        # later half of every watch
+        # b and c (4 s) first; once both sample, the feed starts and a (5 s,
+        # the one compared exactly) with it; the feed stops at a's 9th
+        # sample of 11: it covers every watch to its end but a's last second
         b = Run(["--json", "--port", str(leaky_port)])
         c = Run(["--fail-on-leak"])
         runs = [b, c]
         wait_for("b and c sampling", lambda: min(r.poll_progress(0.05) for r in runs) >= 1,
                  timeout=30)
-        a = Run(["--json", "--all"])
+        a = Run(["--json", "--all"], WATCH_A)
         runs.append(a)
-        wait_for("a sampling", lambda: a.poll_progress(0.05) >= 1, timeout=30)
-        deadline = time.monotonic() + 30
-        while a.sample < FEED_UNTIL_SAMPLE and time.monotonic() < deadline:
+        deadline = time.monotonic() + 40
+        while (a.sample < FEED_UNTIL_SAMPLE and not a.ended and a.p.poll() is None
+               and time.monotonic() < deadline):
             cl = connect(addr, leaky_port)
             if first_client is None:
                 first_client = cl.getsockname()
@@ -310,14 +316,21 @@ def test_leaks_names_the_leakers_and_no_one_else(children, addr, tmp_path):
     (out_a, err_a), (out_b, err_b), (out_c, err_c) = outs
     assert a.returncode == 0 and b.returncode == 0, (err_a, err_b)
     # progress on the terminal, cleared at the end: stdout has only the answer
-    assert re.search(rb"sample 9/9", err_a) and err_a.endswith(b"\r"), err_a
+    assert err_a.endswith(b"\r"), err_a
     assert out_a.count(b"\n") == 1 and out_b.count(b"\n") == 1, "one JSON document each"
     doc = json.loads(out_a)
     leaking = by_pid(doc, "leaking")
     steady_l = by_pid(doc, "steady")
-    assert doc["samples"] == 9 and len(doc["times_s"]) == 9
+    # (a host busier than its cores may take samples late, or fewer)
+    assert 6 <= doc["samples"] == len(doc["times_s"]) <= 11
+    assert b"sample %d/11" % doc["samples"] in err_a
     assert doc["watching"] == ["CLOSE_WAIT", "ESTABLISHED", "fds"]
-    assert 3.9 <= doc["duration_s"] <= 6
+    assert doc["duration_s"] >= 4.9 or doc["samples"] < 11
+    # quiet at the end: the last sample came after the feed settled (on
+    # a host so busy that it did not, what a counted is at most what is now)
+    quiet = all(x["series"][k][-1] == x["series"][k][-2] for x in doc["leaking"]
+                for k in x["growing"] if x["pid"] in (leaky.pid, pool.pid, fdleak.pid))
+    exact = (lambda got, want: got == want) if quiet else (lambda got, want: got <= want)
 
     # the leaky server: named for CLOSE_WAIT, with its pid, growing counts,
     # the oldest socket (the first connection) and its remote end as ss
@@ -329,30 +342,32 @@ def test_leaks_names_the_leakers_and_no_one_else(children, addr, tmp_path):
     assert cw[-1] - cw[0] >= 3 and cw == sorted(cw)
     mine = [s for s in ss(leaky_port, addr) if s["state"] == "CLOSE_WAIT" and s["lport"] == leaky_port]
     assert all(s["users"] and s["users"][0][0] == leaky.pid for s in mine)
-    assert e["now"]["CLOSE_WAIT"] == len(mine) == steps
+    assert len(mine) == steps and exact(e["now"]["CLOSE_WAIT"], len(mine))
     assert lsof_fds(leaky.pid, "CLOSE_WAIT") == sorted(s["users"][0][1] for s in mine)
-    assert e["now"]["fds"] == proc_fds(leaky.pid)
+    assert exact(e["now"]["fds"], proc_fds(leaky.pid))
     o = e["oldest"]["CLOSE_WAIT"]
     assert (o["raddr"], o["rport"]) == first_client
     [want] = [s for s in mine if (s["raddr"], s["rport"]) == first_client]
     assert (o["laddr"], o["lport"]) == (want["laddr"], want["lport"]) == (addr, leaky_port)
     assert [(leaky.pid, o["fd"])] == want["users"]
     assert o["age_estimate"] is True and 0 < o["age_s"] < 60
-    assert e["local_ports"]["CLOSE_WAIT"] == [{"port": leaky_port, "sockets": len(mine)}]
-    assert e["remote_addrs"]["CLOSE_WAIT"] == [{"family": 4, "addr": addr, "sockets": len(mine)}]
+    assert e["local_ports"]["CLOSE_WAIT"] == [{"port": leaky_port,
+                                               "sockets": e["now"]["CLOSE_WAIT"]}]
+    assert e["remote_addrs"]["CLOSE_WAIT"] == [{"family": 4, "addr": addr,
+                                                "sockets": e["now"]["CLOSE_WAIT"]}]
     assert e["trend"]["CLOSE_WAIT"]["slope_per_s"] > 0
 
     # the healthy server, with the same traffic: watched, not named
     assert healthy.pid not in leaking and healthy.pid in steady_l
     assert max(steady_l[healthy.pid]["series"]["CLOSE_WAIT"]) <= 2
-    assert steady_l[healthy.pid]["now"]["fds"] == proc_fds(healthy.pid)
+    assert abs(steady_l[healthy.pid]["now"]["fds"] - proc_fds(healthy.pid)) <= (not quiet)
 
     # the pool: ESTABLISHED grows; the steady pool is not named
     p = leaking[pool.pid]
     assert "ESTABLISHED" in p["growing"] and "CLOSE_WAIT" not in p["growing"]
     est = [s for s in ss(pool_port, addr) if s["state"] == "ESTABLISHED" and s["users"]
            and s["users"][0][0] == pool.pid]
-    assert p["now"]["ESTABLISHED"] == len(est) == steps
+    assert len(est) == steps and exact(p["now"]["ESTABLISHED"], len(est))
     po = p["oldest"]["ESTABLISHED"]
     assert (po["raddr"], po["rport"]) == (addr, pool_port) and po["age_s"] is None
     assert (po["laddr"], po["lport"]) in {(s["laddr"], s["lport"]) for s in est}
@@ -361,8 +376,9 @@ def test_leaks_names_the_leakers_and_no_one_else(children, addr, tmp_path):
     # the fd leaker: named for fds only, with what its fds point to
     f = leaking[fdleak.pid]
     assert f["growing"] == ["fds"] and f["comm"] == fd_name
-    assert f["now"]["fds"] == proc_fds(fdleak.pid)
-    assert f["fd_targets"][0] == {"target": leak_file, "count": steps}
+    assert exact(f["now"]["fds"], proc_fds(fdleak.pid))
+    assert f["fd_targets"][0]["target"] == leak_file
+    assert exact(f["fd_targets"][0]["count"], steps)
     assert f["oldest"] == {"CLOSE_WAIT": None, "ESTABLISHED": None}
 
     # CLOSE_WAIT held the whole watch without growing: reported apart
@@ -393,12 +409,19 @@ def test_leaks_names_the_leakers_and_no_one_else(children, addr, tmp_path):
 # --- the rest -----------------------------------------------------------------------
 
 
+def default_sigint():
+    # a runner started in the background by a shell ignores SIGINT, and
+    # so would its children
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_answers_for_the_samples_taken(children, addr):
     """Ctrl-C ends the watch early: the answer covers the samples taken."""
     leaky, port = children.start("leaky", "leaky", "leaky", addr)
     p = subprocess.Popen([PY, "-m", "tracer", "leaks", "--json", "--port", str(port),
                           "--duration", "60", "--interval", "0.2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                         preexec_fn=default_sigint)
     try:
         for _ in range(8):
             connect(addr, port).close()

@@ -371,7 +371,7 @@ def view(args):
     m = common.Match(args)
     w = Watch(args, m, kinds)
     start = time.time()
-    progress = not args.json and _isatty(sys.stderr)
+    progress = _isatty(sys.stderr)
     interrupted = run_watch(w, n_samples, args.interval, progress)
     if len(w.times) < 3:
         if interrupted:
