@@ -280,8 +280,8 @@ class BpfBackend(Backend):
                             or os.environ.get("SOCKTRACE_BUFFER") == "perf")
         if kernel_version() < (5, 12):
             # bpf_prog_info.recursion_misses came in 5.12
-            self.notes.append("kernel %s does not count the transitions it skips a program "
-                              "for (recursion_misses needs Linux 5.12): a loss there goes "
+            self.notes.append("kernel %s does not count the events it skips a BPF program "
+                              "for (recursion_misses needs Linux 5.12): such losses go "
                               "unreported" % platform.release())
 
         from bcc import BPF  # lazy: the proc backend must work without bcc
