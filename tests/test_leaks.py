@@ -371,6 +371,8 @@ def test_leaks_names_the_leakers_and_no_one_else(children, addr, tmp_path):
     po = p["oldest"]["ESTABLISHED"]
     assert (po["raddr"], po["rport"]) == (addr, pool_port) and po["age_s"] is None
     assert (po["laddr"], po["lport"]) in {(s["laddr"], s["lport"]) for s in est}
+    assert p["remote_ends"]["ESTABLISHED"] == [{"family": 4, "addr": addr, "port": pool_port,
+                                                "sockets": p["now"]["ESTABLISHED"]}]
     assert steady.pid not in leaking and steady_l[steady.pid]["now"]["ESTABLISHED"] == 5
 
     # the fd leaker: named for fds only, with what its fds point to
@@ -400,6 +402,8 @@ def test_leaks_names_the_leakers_and_no_one_else(children, addr, tmp_path):
     assert re.search(r"(?m)^  CLOSE_WAIT +[0-9 ]+ \(\+\d+ in [0-9.]+ s\)$", text), text
     assert "remote %s:%d" % first_client in text
     assert "fdleak\\x1b[2J/%d: open fds growing" % fdleak.pid in text
+    assert "CLOSE_WAIT on local port %d (" % leaky_port in text
+    assert "ESTABLISHED to %s:%d (" % (addr, pool_port) in text
     assert "\x1b" not in text
     assert max(len(line) for line in text.splitlines()) <= 80, text
     assert "healthy/%d" % healthy.pid not in text
@@ -484,3 +488,20 @@ def test_runtime_error_one_line(capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert rc == 1 and out == ""
     assert err == "socktrace leaks: sock_diag: netlink socket: Permission denied\n"
+
+
+def test_fd_targets_keep_bytes_that_are_not_utf8(tmp_path):
+    """A path that is not UTF-8 is shown with \\xNN, as comm is, and the
+    document stays valid JSON."""
+    from tracer.views import leaks
+    d = os.path.join(os.fsencode(str(tmp_path)), b"d\xffx")
+    os.mkdir(d)
+    files = [open(os.path.join(d, b"f"), "w") for _ in range(40)]
+    try:
+        top = leaks.fd_kinds(os.getpid())
+    finally:
+        for f in files:
+            f.close()
+    want = str(tmp_path) + "/d\\xffx/f"
+    assert top[0] == {"target": want, "count": 40}
+    json.dumps(top, ensure_ascii=False).encode("utf-8")

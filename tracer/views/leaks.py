@@ -293,13 +293,15 @@ def fd_kinds(pid, top=3):
             return None
         for name in names:
             try:
-                t = os.readlink(name, dir_fd=dfd)
+                raw = os.readlink(name.encode(), dir_fd=dfd)
             except OSError:
                 continue
-            if t.startswith("socket:["):
+            if raw.startswith(b"socket:["):
                 t = "socket"
-            elif t.startswith("pipe:["):
+            elif raw.startswith(b"pipe:["):
                 t = "pipe"
+            else:   # a path is bytes: what is not UTF-8 becomes \xNN
+                t = raw.decode("utf-8", "backslashreplace")
             found[t] = found.get(t, 0) + 1
     finally:
         os.close(dfd)
@@ -313,7 +315,8 @@ def _top(counter, n=3):
 
 def evidence(w, pid, now_t, cw_idle, fin):
     """The oldest socket of each kind *pid* holds at the last sample, and
-    where that kind's sockets are: local ports and remote addresses."""
+    where that kind's sockets are: local ports, remote addresses, remote
+    ends (address and port: a client's service)."""
     _snap, held = w.last
     mine = {k: [] for k in SOCKET_KINDS}
     for s, holders in held:
@@ -321,12 +324,13 @@ def evidence(w, pid, now_t, cw_idle, fin):
             if hp == pid:
                 mine["CLOSE_WAIT" if s.state == CLOSE_WAIT else "ESTABLISHED"].append((s, fd))
                 break
-    oldest, ports, remotes = {}, {}, {}
+    oldest, ports, remotes, ends = {}, {}, {}, {}
     for kind, lst in mine.items():
         if not lst:
             oldest[kind] = None
             ports[kind] = []
             remotes[kind] = []
+            ends[kind] = []
             continue
         rows = []
         for s, fd in lst:
@@ -343,13 +347,16 @@ def evidence(w, pid, now_t, cw_idle, fin):
             "seen_s": round(seen, 3), "seen_from_start": from_start,
             "cookie": "%x" % s.cookie, "inode": s.inode,
         }
-        pc, rc = {}, {}
+        pc, rc, ec = {}, {}, {}
         for s, _fd in lst:
             pc[s.lport] = pc.get(s.lport, 0) + 1
             rc[(s.family, s.raddr)] = rc.get((s.family, s.raddr), 0) + 1
+            ec[(s.family, s.raddr, s.rport)] = ec.get((s.family, s.raddr, s.rport), 0) + 1
         ports[kind] = [{"port": p, "sockets": n} for p, n in _top(pc)]
         remotes[kind] = [{"family": f, "addr": a, "sockets": n} for (f, a), n in _top(rc)]
-    return oldest, ports, remotes
+        ends[kind] = [{"family": f, "addr": a, "port": p, "sockets": n}
+                      for (f, a, p), n in _top(ec)]
+    return oldest, ports, remotes, ends
 
 
 # --- the view -------------------------------------------------------------------------
@@ -379,7 +386,8 @@ def view(args):
         raise common.Failure("fewer than 3 samples were taken")
     doc = analyse(args, m, w, kinds, start, interrupted)
     if args.json:
-        common.emit(doc=doc)
+        rows = len(doc["times_s"]) * (len(doc["leaking"]) + len(doc["steady"] or ()))
+        common.emit(doc=doc, rows=rows)
     else:
         common.emit(text_lines=render(doc, kinds))
     if args.fail_on_leak and doc["leaking"]:
@@ -429,10 +437,11 @@ def analyse(args, m, w, kinds, start, interrupted):
                  "now": {k: ser[k][-1] for k in kinds},
                  "series": {k: ser[k] for k in kinds}, "trend": trends}
         if growing:
-            oldest, ports, remotes = evidence(w, pid, now_t, cw_idle, fin)
+            oldest, ports, remotes, ends = evidence(w, pid, now_t, cw_idle, fin)
             entry["oldest"] = {k: oldest[k] for k in kinds if k != "fds"}
             entry["local_ports"] = {k: ports[k] for k in kinds if k != "fds"}
             entry["remote_addrs"] = {k: remotes[k] for k in kinds if k != "fds"}
+            entry["remote_ends"] = {k: ends[k] for k in kinds if k != "fds"}
             entry["fd_targets"] = fd_kinds(pid) if "fds" in growing else None
             leaking.append(entry)
             continue
@@ -445,11 +454,12 @@ def analyse(args, m, w, kinds, start, interrupted):
                         and any(h[0] == pid for h in holders):
                     held_all += 1
             if held_all:
-                oldest, ports, remotes = evidence(w, pid, now_t, cw_idle, fin)
+                oldest, ports, remotes, ends = evidence(w, pid, now_t, cw_idle, fin)
                 entry["held_whole_watch"] = held_all
                 entry["oldest"] = {"CLOSE_WAIT": oldest["CLOSE_WAIT"]}
                 entry["local_ports"] = {"CLOSE_WAIT": ports["CLOSE_WAIT"]}
                 entry["remote_addrs"] = {"CLOSE_WAIT": remotes["CLOSE_WAIT"]}
+                entry["remote_ends"] = {"CLOSE_WAIT": ends["CLOSE_WAIT"]}
                 stuck.append(entry)
                 continue
         steady.append(entry)
@@ -521,12 +531,18 @@ def _oldest_lines(kind, o, w, indent):
     return out
 
 
-def _where_line(kind, ports, remotes):
+def _where_line(kind, n, ports, remotes, ends):
+    """Where *n* sockets of *kind* are: a server's local port and who
+    connects to it, or (local ports all different) a client's services."""
     if not ports:
         return None
-    p = ", ".join("%d (%d)" % (x["port"], x["sockets"]) for x in ports)
-    r = ", ".join("%s (%d)" % (safe(x["addr"]), x["sockets"]) for x in remotes)
-    return "%s on local port %s; from %s" % (kind, p, r)
+    if ports[0]["sockets"] * 2 >= n:
+        p = ", ".join("%d (%d)" % (x["port"], x["sockets"]) for x in ports)
+        r = ", ".join("%s (%d)" % (safe(x["addr"]), x["sockets"]) for x in remotes)
+        return "%s on local port %s; from %s" % (kind, p, r)
+    e = ", ".join("%s (%d)" % (_ep(x["family"], x["addr"], x["port"]), x["sockets"])
+                  for x in ends)
+    return "%s to %s" % (kind, e)
 
 
 def _series_lines(e, kinds, dur, width, indent="  "):
@@ -565,7 +581,8 @@ def render(doc, kinds):
             if o is None or (k not in e["growing"] and k != "CLOSE_WAIT"):
                 continue
             out.extend(_oldest_lines(k, o, w, "  "))
-            where = _where_line(k, e["local_ports"][k], e["remote_addrs"][k])
+            where = _where_line(k, e["now"][k], e["local_ports"][k], e["remote_addrs"][k],
+                                e["remote_ends"][k])
             if where and k in e["growing"]:
                 out.extend(common.wrap(where, w, "  "))
         if e.get("fd_targets"):
