@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, SOCKTRACE, listen_sentinel, start_socktrace
+from conftest import (READY_TIMEOUT, ROOT, SOCKTRACE, STOP_TIMEOUT, listen_sentinel,
+                      start_socktrace)
 
 from tracer import text
 
@@ -440,16 +441,19 @@ def test_signal_ends_the_run_with_everything_written(tmp_path, sig):
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                 cwd=ROOT, env=dict(os.environ, SOCKTRACE_RECONCILE_S="3600"))
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + READY_TIMEOUT * 2
         while time.monotonic() < deadline:
             pred = listen_sentinel()
             if any(pred(json.loads(x)) for x in path.read_bytes().splitlines()):
                 break
+            assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.2)
+        else:
+            pytest.fail("socktrace not ready after %.0f s" % (READY_TIMEOUT * 2))
         port = connections(30)
         time.sleep(0.3)             # the last LAST_ACK -> CLOSE comes with the peer's ACK
         proc.send_signal(getattr(signal, sig))
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=STOP_TIMEOUT * 2)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -724,9 +724,15 @@ def test_report(fake, clock):
                                                   "max_ns"]
     assert rep["current"] == {"FIN_WAIT2": 1, "LISTEN": 1}
     assert rep["records"] == {}
+    st = b.stats()
+    assert st["lower_bounds"] == 1 and st["ends"] == {"unknown": 10}
     # it is what a summary record carries
-    summary = {"type": "summary", "ts": b._fmt.ts(clock()), "transitions": rep["transitions"],
-               "durations": rep["durations"], "current": rep["current"],
+    ts = b._fmt.ts(clock())
+    summary = {"type": "summary", "ts": ts, "start_ts": ts, "seconds": 1.5,
+               "scope": "host-wide", "transitions": rep["transitions"],
+               "durations": rep["durations"], "lower_bounds": st["lower_bounds"],
+               "ended": st["ends"], "current": rep["current"],
+               "top": {"processes": [["1/x", 1]], "remotes": [], "oldest_close_wait": None},
                "records": rep["records"], "source": "proc"}
     VALIDATOR.validate(summary)
 

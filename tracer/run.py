@@ -119,7 +119,16 @@ def summary(backend, args, ts, start_ts, seconds, received, lost_total, tally=No
     from . import report
 
     rep = backend.report()
-    st = tally.stats() if tally is not None else backend.stats()
+    where = report.scope(args)
+    if tally is None:
+        st = backend.stats()
+    elif "state" in args.records:
+        st = tally.stats()
+    else:
+        # without state records the filter has nothing to count transitions
+        # and times from: those are the kernel's, and the report says so
+        st = dict(backend.stats(), ends=tally.ended)
+        where += " (transitions and times host-wide: no state records to filter)"
     durs = report.durations(st["durations"])
     durs = dict(sorted(durs.items(), key=lambda kv: _DURATION_ORDER.get(kv[0], 99)))
     try:
@@ -131,7 +140,7 @@ def summary(backend, args, ts, start_ts, seconds, received, lost_total, tally=No
     counts["received"] = received
     counts["lost"] = dict(lost_total)
     return {"type": "summary", "ts": ts, "start_ts": start_ts, "seconds": round(seconds, 3),
-            "scope": report.scope(args),
+            "scope": where,
             "transitions": {"%s->%s" % k: n for k, n in sorted(st["transitions"].items())},
             "durations": durs, "lower_bounds": st.get("lower_bounds", 0),
             "ended": dict(sorted(st.get("ends", {}).items())), "current": current,
