@@ -472,6 +472,14 @@ def test_usage_errors(capsys, argv):
     assert len(err.splitlines()) == 1 and err.startswith("socktrace leaks: "), err
 
 
+def test_short_watch_default_interval(capsys):
+    """--duration under 4 s without --interval samples every quarter of it."""
+    assert cli.main(["leaks", "--duration", "1", "--port", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr()[0])
+    assert doc["samples"] == 5 and doc["interval_s"] == 0.25 and doc["leaking"] == []
+    assert doc["processes_watched"] == 0
+
+
 def test_help(capsys):
     assert cli.main(["leaks", "-h"]) == 0
     out, _ = capsys.readouterr()

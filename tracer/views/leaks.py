@@ -36,13 +36,18 @@ examples:
   socktrace leaks --duration 30 --fail-on-leak || page-someone
 
 Growing: over the watch the count rose by at least --min-growth (3), its
-least-squares slope is positive, it rose in at least 3 steps, it did not
-fall in more than a quarter of the steps nor by more than half its rise in
-all, and the later half of the watch went at least a quarter of the rise
-above the earlier half's high.  A steady or fluctuating pool, one that
-filled early and stayed (a start-up), is not named.  CLOSE_WAIT age ~ is the time since the
-socket last received data (an estimate); "seen" is how long this watch saw
-it (a lower bound, >= when it was there from the first sample).
+least-squares slope is positive, it rose in at least 3 steps (every step
+of a 3-sample watch), fell in at most a quarter of them and by at most
+half its rise in all, and the later half of the watch went at least a
+quarter of the rise above the earlier half's high.  A steady or
+fluctuating pool, or one that filled early and stayed (a start-up), is
+not named.  A process must be there at the end and in half the samples.
+CLOSE_WAIT age ~ is the time since the socket last received data (an
+estimate); "seen" is how long this watch saw it (a lower bound; >= when
+it was there from the first sample).  A sample that comes late (a busy
+host) is taken at once, and the times are the real ones; the watch stops
+5 s after --duration whatever is left.
+--state picks the sockets watched: close-wait or established.
 Exit status: 0 after the watch (leak or not), 3 with --fail-on-leak when a
 process is named, 2 usage, 1 run-time failure.  Ctrl-C ends the watch early
 and answers for the samples taken.
@@ -78,8 +83,9 @@ def build_parser():
                       "with the evidence.", EPILOG)
     p.add_argument("--duration", type=_seconds(1.0, MAX_DURATION), default=10.0, metavar="S",
                    help="watch this long, in seconds (default 10, at most 3600)")
-    p.add_argument("--interval", type=_seconds(MIN_INTERVAL, MAX_DURATION), default=1.0,
-                   metavar="S", help="seconds between samples (default 1, at least 0.1)")
+    p.add_argument("--interval", type=_seconds(MIN_INTERVAL, MAX_DURATION), default=None,
+                   metavar="S", help="seconds between samples (default 1, or a quarter of a "
+                   "--duration under 4; at least 0.1)")
     p.add_argument("--min-growth", type=common._positive_int, default=3, metavar="N",
                    help="smallest rise over the watch that counts (default 3)")
     p.add_argument("--all", action="store_true",
@@ -130,6 +136,8 @@ def judge(times, values, min_growth=3):
     True
     >>> judge(t, [2, 3, 4, 5, 6, 7, 8, 9, None])["growing"]           # gone at the end
     False
+    >>> judge([0, 1, 2], [0, 2, 4])["growing"], judge([0, 1, 2], [0, 4, 4])["growing"]
+    (True, False)
     """
     pts = [(t, v) for t, v in zip(times, values) if v is not None]
     n = len(pts)
@@ -154,7 +162,7 @@ def judge(times, values, min_growth=3):
             or not out["slope_per_s"] or out["slope_per_s"] <= 0):
         return out
     steps = n - 1
-    if ups < 3 or len(downs) * 4 > steps or sum(downs) * 2 > rise:
+    if ups < min(3, steps) or len(downs) * 4 > steps or sum(downs) * 2 > rise:
         return out    # one burst, or as many falls as rises
     half = n // 2
     late = max(vs[half:]) - max(vs[:half])
@@ -367,6 +375,8 @@ def view(args):
     if bad:
         return _usage("leaks watches ESTABLISHED and CLOSE_WAIT sockets, not %s"
                       % ", ".join(bad))
+    if args.interval is None:
+        args.interval = min(1.0, args.duration / 4.0)
     if args.interval > args.duration / 2.0 + 1e-9:
         return _usage("--interval %g leaves fewer than 3 samples in --duration %g"
                       % (args.interval, args.duration))
