@@ -270,16 +270,24 @@ def run_watch(w, n_samples, interval, progress):
             w.sample(round(time.monotonic() - t0, 3))
             if progress:
                 left = max(0.0, t0 + interval * (n_samples - 1) - time.monotonic())
-                sys.stderr.write("\rsocktrace leaks: sample %d/%d, %.0f s left " % (
+                progress = _say("\rsocktrace leaks: sample %d/%d, %.0f s left " % (
                     k + 1, n_samples, left))
-                sys.stderr.flush()
     except KeyboardInterrupt:
         return True
     finally:
         if progress:
-            sys.stderr.write("\r" + " " * 50 + "\r")
-            sys.stderr.flush()
+            _say("\r" + " " * 50 + "\r")
     return False
+
+
+def _say(text):
+    """Progress on the terminal; False (no more of it) if it went away."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 # --- evidence ------------------------------------------------------------------------
