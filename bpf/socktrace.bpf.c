@@ -906,7 +906,9 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 			__builtin_memcpy(k.addr, s->saddr, 16);
 			k.port = sport;
 			struct st_listener *l = listeners.lookup(&k);
-			if (l && l->sk == sk)
+			/* sk 0: a listener older than us, entered from
+			 * sock_diag at start (no address known): its owner's */
+			if (l && (l->sk == sk || (!l->sk && l->pid == s->pid)))
 				listeners.delete(&k);
 		}
 		if (old == TCP_LAST_ACK) {

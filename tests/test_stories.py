@@ -391,3 +391,43 @@ def test_a_connect_that_hangs_keeps_its_story(tmp_path):
               and e["rport"] == port]
     assert dumped and all(e["conn"] == start["conn"] and e["state"] == "SYN_SENT"
                           for e in dumped), dumped
+
+
+@pytest.mark.bpf
+def test_connections_accepted_by_an_older_listener_have_its_owner(tmp_path):
+    """A server that listened before socktrace started: what it accepts
+    afterwards is owned by it (owner_from listener), as for a new one."""
+    ls = listener()
+    port = ls.getsockname()[1]
+    me = os.getpid()
+
+    def sentinel():
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = ls.accept()
+        c.close()
+        a.close()
+
+        def pred(e):
+            return (e.get("type") == "state" and e["new"] == "SYN_RECV" and e["lport"] == port)
+        return pred
+    trace = start_socktrace(str(tmp_path / "older-listener.ndjson"), ["--port", str(port)],
+                            sentinel=sentinel)
+    try:
+        mark = trace.mark()
+        c = socket.create_connection(("127.0.0.1", port))
+        cport = c.getsockname()[1]
+        a, _ = ls.accept()
+        c.close()
+        a.close()
+
+        def served(evs):
+            return [e for e in evs if e.get("type") == "closed" and e["lport"] == port
+                    and e["rport"] == cport]
+        (closed,) = trace.wait_for(served, since=mark, what="the accepted connection's end")
+    finally:
+        trace.stop()
+        ls.close()
+    assert (closed["pid"], closed["owner_from"], closed["role"]) == (me, "listener", "server")
+    states = [e for e in trace.events(mark) if e.get("type") == "state" and e["lport"] == port
+              and e["rport"] == cport]
+    assert states and all(e["pid"] == me for e in states), describe(states)

@@ -399,6 +399,31 @@ class BpfBackend(Backend):
             closing = closing or r.state in _CLOSING
         if self.gated and closing:
             self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
+        self._seed_listeners(rows, owned)
+
+    def _seed_listeners(self, rows, owned):
+        """Listeners older than socktrace, with their owners, where the
+        program looks up who owns what a listener accepts (else the
+        connections an old server accepts would have no owner)."""
+        table = self._bpf[b"listeners"]
+        for r in rows:
+            if r.state != states.LISTEN:
+                continue
+            pid, comm = owned.get(r.inode, (0, b""))
+            if not pid:
+                continue
+            key = table.Key()
+            ctypes.memmove(ctypes.addressof(key), _raw16(r.family, r.laddr), 16)
+            key.port = r.lport
+            leaf = table.Leaf()
+            leaf.sk = 0                  # not known from sock_diag: see the program
+            leaf.pid = pid
+            ctypes.memmove(ctypes.addressof(leaf) + type(leaf).comm.offset, comm[:wire.COMM_LEN],
+                           min(len(comm), wire.COMM_LEN))
+            try:
+                table[key] = leaf
+            except Exception:            # full: those accept with unknown owners
+                break
 
     # -- reading -------------------------------------------------------------
 
