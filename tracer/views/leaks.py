@@ -549,6 +549,31 @@ def _oldest_lines(kind, o, w, indent):
     return out
 
 
+def _pack(head, items, w, indent, more_indent="    "):
+    """*head* and then *items* separated by ", ", on lines of at most *w*,
+    broken between items (an item longer than a line is broken itself).
+
+    >>> _pack("open fds now:", ["socket x28", "/tmp/a/leaky.out x2", "/dev/null x1"], 50, "  ")
+    ['  open fds now: socket x28, /tmp/a/leaky.out x2,', '    /dev/null x1']
+    """
+    out = []
+    line = indent + head
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if len(line) + 1 + len(piece) <= w:
+            line += " " + piece
+            continue
+        out.append(line)
+        if len(more_indent) + len(piece) > w:
+            wrapped = common.wrap(piece, w, more_indent)
+            out.extend(wrapped[:-1])
+            line = wrapped[-1]
+        else:
+            line = more_indent + piece
+    out.append(line)
+    return out
+
+
 def _where_line(kind, n, ports, remotes, ends):
     """Where *n* sockets of *kind* are: a server's local port and who
     connects to it, or (local ports all different) a client's services."""
@@ -604,9 +629,8 @@ def render(doc, kinds):
             if where and k in e["growing"]:
                 out.extend(common.wrap(where, w, "  "))
         if e.get("fd_targets"):
-            text = "open fds now: " + ", ".join(
-                "%s x%d" % (safe(x["target"]), x["count"]) for x in e["fd_targets"])
-            out.extend(common.wrap(text, w, "  "))
+            out.extend(_pack("open fds now:", ["%s x%d" % (safe(x["target"]), x["count"])
+                                               for x in e["fd_targets"]], w, "  "))
     if doc["close_wait_held"]:
         out.append("")
         out.append("CLOSE_WAIT held the whole watch (not growing, never closed):")
