@@ -23,6 +23,7 @@ import os
 import sys
 import time
 
+from .. import args as cmdline
 from .. import sockdiag, states
 from ..owners import read_comm
 from ..text import one_line, safe
@@ -31,80 +32,23 @@ TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, include/net/tcp.h: not tunable
 LISTEN_BIT = 1 << states.LISTEN
 
 
-class UsageError(Exception):
-    pass
+UsageError = cmdline.UsageError
 
 
 class Failure(Exception):
     """A run-time failure: one line on stderr, exit status 1."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-# --- flags (the trace's filters, same spellings) -------------------------------
-
-
-def _ports(text):
-    out = []
-    for part in text.split(","):
-        try:
-            p = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError("not a port: %r" % part)
-        if not 0 < p < 65536:
-            raise argparse.ArgumentTypeError("port out of range 1-65535: %d" % p)
-        out.append(p)
-    return out
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be > 0: %r" % text)
-    return v
-
-
-def _state(text):
-    try:
-        return states.parse_state(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e))
-
-
-def _cidr(text):
-    from ..filters import parse_cidr   # ipaddress: only when asked
-    try:
-        return parse_cidr(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e))
+# the trace's converters, for the views' own flags
+_ports = cmdline.ports
+_positive_int = cmdline.positive(int)
 
 
 def parser(prog, description, epilog=None):
     """An argument parser with the trace's filter flags and --json."""
-    p = _Parser(prog="socktrace " + prog, description=description, epilog=epilog,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
-    fam.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    p.add_argument("--port", type=_ports, action="append", default=[], metavar="PORT[,PORT]",
-                   help="local or remote port (repeatable)")
-    p.add_argument("--lport", type=_ports, action="append", default=[], metavar="PORT",
-                   help="local port")
-    p.add_argument("--rport", type=_ports, action="append", default=[], metavar="PORT",
-                   help="remote port")
-    p.add_argument("--addr", type=_cidr, action="append", default=[], metavar="CIDR",
-                   help="local or remote address in this network")
-    p.add_argument("--pid", type=_positive_int, action="append", default=[],
-                   help="held by this process id (repeatable)")
-    p.add_argument("--comm", action="append", default=[], help="held by a process of this name")
-    p.add_argument("--state", type=_state, action="append", default=[], metavar="NAME",
-                   help="sockets in this state (ss spellings too: time-wait)")
+    p = cmdline.Parser(prog="socktrace " + prog, description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmdline.add_filters(p, owner="held by this", state_help="sockets in this state")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
     return p
 
