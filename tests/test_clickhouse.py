@@ -117,6 +117,7 @@ def test_seed_questions_on_a_real_capture(tmp_path):
     refused.bind(("127.0.0.4", 0))
     refused_port = refused.getsockname()[1]
     held = []
+    trace = None
     try:
         leak_port = int(leaker.stdout.readline())
         ports = [s.getsockname()[1] for s in servers.values()] + [
@@ -177,6 +178,8 @@ def test_seed_questions_on_a_real_capture(tmp_path):
         time.sleep(0.3)
         trace.assert_clean_exit()
     finally:
+        if trace is not None:
+            trace.stop()           # idempotent; a failed wait must not leave it running
         for s in list(servers.values()) + [probe, refused]:
             s.close()
         leaker.stdin.close()
