@@ -369,6 +369,24 @@ def listen_sentinel(family=4, port=0, connect=True):
     return pred
 
 
+_STARTED = []          # every Trace start_socktrace made, for the guard below
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_socktrace():
+    """A test that fails between start_socktrace() and its stop() must not
+    leave socktrace running (attached, and tracing every later test): what
+    the test itself started is stopped after it, whatever happened.
+    Module-scoped runs start before this fixture and are their own
+    fixture's to stop."""
+    mark = len(_STARTED)
+    yield
+    for trace in _STARTED[mark:]:
+        if trace.proc.poll() is None:
+            trace.stop()
+    del _STARTED[mark:]
+
+
 def start_socktrace(path, args=(), sentinel=listen_sentinel, keep=None,
                     timeout=READY_TIMEOUT, env=None):
     """Start ``socktrace --backend bpf -o path ARGS`` and return its Trace
@@ -384,6 +402,7 @@ def start_socktrace(path, args=(), sentinel=listen_sentinel, keep=None,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, cwd=ROOT, env=dict(os.environ, **(env or {})))
     trace = Trace(path, proc, err_path, args, keep=keep)
+    _STARTED.append(trace)
     preds = []
     deadline = time.monotonic() + timeout
     try:
