@@ -18,7 +18,7 @@ fi
 pkgs=(python3-bpfcc bpfcc-tools python3-venv python3-pip python3-dev iproute2 gcc libc6-dev)
 # tests/test_pipelines.py: a shipper (rsyslog), logrotate, and systemd-nspawn to run the unit;
 # tests/test_top.py: tmux, a real terminal for socktrace top
-if [ "$want_test" = test ]; then pkgs+=(rsyslog logrotate systemd-container tmux); fi
+if [ "$want_test" = test ]; then pkgs+=(rsyslog logrotate systemd-container tmux jq); fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
