@@ -293,6 +293,15 @@ class BpfBackend(Backend):
             with _quiet_stderr():
                 self._bpf = BPF(src_file=str(src).encode(),
                                 cflags=["-I%s" % wire.bpf_dir(), "-w"] + cflags)
+                if self.use_perfbuf:
+                    # bcc attached the programs as it loaded them: until a
+                    # CPU's perf buffer is open, what they send there fails
+                    # (-ENOENT) and counts as lost (seen on 6.1 in a VM,
+                    # where seeding took long enough for a record to hit)
+                    self._pending = []
+                    self._perf_lost = 0
+                    self._bpf[b"events"].open_perf_buffer(self._on_perf, page_cnt=256,
+                                                         lost_cb=self._on_perf_lost)
                 if "-DST_RAW_TP" in cflags:
                     self._attach_backup()
         except Exception as e:  # bcc raises bare Exception on compile/load errors
@@ -300,12 +309,7 @@ class BpfBackend(Backend):
             raise Unavailable("BPF program failed to load: %s" % _one_line(e))
         self._fill_filters()
         self._seed_older_sockets()
-        if self.use_perfbuf:
-            self._pending = []
-            self._bpf[b"events"].open_perf_buffer(self._on_perf, page_cnt=256,
-                                                 lost_cb=self._on_perf_lost)
-            self._perf_lost = 0
-        else:
+        if not self.use_perfbuf:
             self._rb = _RingReader(self._bpf[b"events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE)
             # edge-triggered: only the program's occasional wake-ups (see
             # wake_flag) end a wait early, not every record in the ring
