@@ -804,6 +804,13 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 		if (!s)
 			return 0;
 		known = story_new(s, sk, old, new, now, slot);
+	} else if (old == TCP_CLOSE || (old == TCP_LISTEN && new == TCP_SYN_RECV)) {
+		/* A new socket's first transition, and a story at its address:
+		 * the socket that story was about ended in a transition no
+		 * program ran for, and the kernel gave its memory to this one.
+		 * That end is lost (counted); this is a new connection. */
+		count(ST_CNT_STALE, slot);
+		known = story_new(s, sk, old, new, now, slot);
 	}
 
 	/* The tuple, as it is now: a client's port is chosen after SYN_SENT. */

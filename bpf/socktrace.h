@@ -119,7 +119,10 @@ enum st_counter {
 	ST_CNT_END_RESET     = 17,
 	ST_CNT_END_ERROR     = 18,
 	ST_CNT_END_ABORTED   = 19,
-	ST_NR_COUNTERS      = 20,
+	ST_CNT_STALE        = 20,	/* stories of sockets whose end no program saw:
+					 * the kernel gave their memory to a new
+					 * socket first; their closed record is lost */
+	ST_NR_COUNTERS      = 21,
 };
 
 /* One transition. */
