@@ -119,8 +119,10 @@ RECORDS = {
         F("count", "int", "how many"),
         F("what", "enum", "ringbuf_lost, derived_lost, closed_lost: records the ring "
           "buffer had no room for; socks_full, tw_full: sockets the kernel maps had no "
-          "room for; self: not a loss; missed, timer_missed: tracepoint hits the kernel "
-          "ran no program for; undecodable: records user space could not read",
+          "room for; stale: connections whose end no program saw before a new socket "
+          "took their memory (their closed record is lost); missed, timer_missed: "
+          "tracepoint hits the kernel ran no program for; undecodable: records user space "
+          "could not read",
           enum=LOST_WHAT),
         F("source", "enum", enum=SOURCES),
     ),
