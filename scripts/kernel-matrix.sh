@@ -162,6 +162,18 @@ tests=${MATRIX_TESTS:-tests/test_kernel.py}
 limit=${MATRIX_TIMEOUT:-1800}
 export PATH="$here/.venv/bin:$PATH"     # vng runs virtme-run from PATH
 
+# virtme-ng passes --overlay-rwdir on through a command line of its own and
+# splits a path with spaces there: such a checkout goes to the guest under a
+# bind mount without them (the same files, the host's root is the guest's).
+src=$here
+case "$here" in
+    *[[:space:]]*)
+        src=$(mktemp -d /tmp/socktrace-src.XXXXXX)
+        mount --bind "$here" "$src"
+        trap 'umount "$src" 2>/dev/null; rmdir "$src" 2>/dev/null' EXIT
+        ;;
+esac
+
 # What runs in the guest: the suite as CI runs it, eBPF required.  The
 # checkout is an overlay there (writable, changes dropped), so it may live
 # anywhere, in a 0700 directory too; results go to $out (shared).
@@ -170,7 +182,7 @@ cat > "$out/guest.sh" <<EOF
 out=\$1
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
 ip link set lo up 2>/dev/null
-cd '$here' || exit 1
+cd '$src' || exit 1
 echo "guest: \$(uname -r), \$(nproc) CPUs, \$(awk '/MemTotal/ {print \$2 " kB"}' /proc/meminfo)"
 SOCKTRACE_REQUIRE_BPF=1 SOCKTRACE_TEST_TIME_SCALE=${MATRIX_TIME_SCALE:-10} PYTHONDONTWRITEBYTECODE=1 \\
     .venv/bin/python -m pytest -p no:cacheprovider -rs $tests > "\$out/pytest.log" 2>&1
@@ -195,7 +207,7 @@ for rel in "${releases[@]}"; do
     set +e
     timeout --kill-after=30 "$limit" vng --disable-kvm -r "/boot/vmlinuz-$rel" \
         --memory "${MATRIX_MEMORY:-3G}" --cpus "${MATRIX_CPUS:-2}" \
-        --overlay-rwdir "$here" --rwdir "$out" \
+        --overlay-rwdir "$src" --rwdir "$out" \
         -- "$out/guest.sh" "$dir" > "$dir/console.log" 2>&1
     vrc=$?
     set -e

@@ -175,7 +175,8 @@ def test_unit_verifies(tmp_path):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     # verify checks that ExecStart exists: point it at this checkout's
-    text = open(UNIT).read().replace("/opt/socktrace/bin/socktrace", SOCKTRACE)
+    # (quoted, as systemd takes a path with spaces)
+    text = open(UNIT).read().replace("/opt/socktrace/bin/socktrace", '"%s"' % SOCKTRACE)
     unit = tmp_path / "socktrace.service"
     unit.write_text(text)
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,

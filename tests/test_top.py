@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -172,8 +173,10 @@ def run_top(tmp_path):
         pane = Pane(w, h, str(tmp_path))
         made.append(pane)
         before, after = tmp_path / "stty.before", tmp_path / "stty.after"
+        # quoted: the checkout may live in a path with spaces
+        q = shlex.quote
         cmd = "stty -g > %s; %s%s top %s; echo top-exit=$?; stty -g > %s" % (
-            before, prefix, SOCKTRACE, " ".join(args), after)
+            q(str(before)), prefix, q(SOCKTRACE), " ".join(map(q, args)), q(str(after)))
         pane.type(cmd)
         pane.send("Enter")
         pane.wait_for(lambda s: s.startswith("socktrace top  "), 40, "top's first frame")

@@ -49,11 +49,22 @@ class _Flags:
         self.dump = True
 
     def install(self):
+        nums = []
         for name in STOP_SIGNALS:
             num = getattr(signal, name, None)
-            if num is not None:
-                signal.signal(num, self.on_stop)
+            if num is None:
+                continue
+            # one ignored by whoever started us (nohup: SIGHUP) stays so;
+            # Python itself ignores SIGPIPE and SIGXFSZ, so those are ours
+            if (signal.getsignal(num) is signal.SIG_IGN
+                    and num not in (signal.SIGPIPE, signal.SIGXFSZ)):
+                continue
+            signal.signal(num, self.on_stop)
+            nums.append(num)
         signal.signal(signal.SIGUSR1, self.on_dump)
+        # and one blocked by whoever started us would never arrive (a
+        # parent's mask is inherited: embedded ClickHouse blocks SIGPIPE)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, nums + [signal.SIGUSR1])
 
 
 class Background(threading.Thread):
