@@ -194,6 +194,24 @@ def ts_us(ts):
     return whole * 1_000_000 + int(frac.ljust(6, "0")[:6])
 
 
+def whole_lines(path):
+    """The records of an NDJSON file (gzip too, by its name): every line must
+    be whole JSON and the file must end with a whole line."""
+    import gzip
+    path = str(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    assert not data or data.endswith(b"\n"), "a half line at the end of %s" % path
+    out = []
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            pytest.fail("%s line %d is not whole JSON (%s): %r" % (path, n, e, line[:300]))
+    return out
+
+
 def read_events(path):
     """Every line of an NDJSON file, parsed (a bad line fails the test)."""
     out = []

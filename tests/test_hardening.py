@@ -3,7 +3,6 @@ that try to take over a terminal, planted links and files, full disks,
 signals, malformed numbers, least privilege.  Every case runs the real
 command; the eBPF ones trace real loopback connections."""
 
-import ctypes
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import time
 import pytest
 
 from conftest import (READY_TIMEOUT, ROOT, SOCKTRACE, STOP_TIMEOUT, listen_sentinel,
-                      start_socktrace)
+                      start_socktrace, whole_lines)
 
 from tracer import text
 
@@ -63,18 +62,6 @@ def received(stderr):
     m = re.search(r"records: (\d+) received", stderr)
     assert m, stderr
     return int(m.group(1))
-
-
-def whole_json_lines(path):
-    data = open(path, "rb").read()
-    assert not data or data.endswith(b"\n"), "a half line at the end of %s" % path
-    out = []
-    for n, line in enumerate(data.splitlines(), 1):
-        try:
-            out.append(json.loads(line))
-        except ValueError as e:
-            pytest.fail("%s line %d: %s: %r" % (path, n, e, line[:2000]))
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -460,7 +447,7 @@ def test_signal_ends_the_run_with_everything_written(tmp_path, sig):
             proc.wait()
     assert proc.returncode == 0, (sig, proc.returncode, err)
     assert "Traceback" not in err and "transitions" in err, err
-    recs = whole_json_lines(path)
+    recs = whole_lines(path)
     assert len([e for e in recs if e["type"] in ("state", "closed")]) == received(err)
     assert len([e for e in recs if e["type"] == "closed" and e["lport"] == port]) == 30
 
@@ -496,9 +483,9 @@ def test_sighup_reopens_the_output_under_load(tmp_path):
     err = trace.stderr()
     assert rc == 0, err
     files = sorted(tmp_path.glob("out.[0-9]*")) + [path]
-    counts = [len(whole_json_lines(f)) for f in files]
+    counts = [len(whole_lines(f)) for f in files]
     assert all(counts[1:]), counts       # each rotation's file got records
-    total = sum(len([e for e in whole_json_lines(f) if e["type"] in ("state", "closed")])
+    total = sum(len([e for e in whole_lines(f) if e["type"] in ("state", "closed")])
                 for f in files)
     assert total == received(err), (counts, err)
 

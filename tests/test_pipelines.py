@@ -5,7 +5,6 @@ against real loopback connections, and checks that every record socktrace
 says it received ("records: N received" in its exit report) is in the
 output exactly once, whole."""
 
-import gzip
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SOCKTRACE, require_bpf, scaled, start_socktrace
+from conftest import ROOT, SOCKTRACE, require_bpf, scaled, start_socktrace, whole_lines
 
 from tracer import privileges
 
@@ -104,21 +103,6 @@ def received(stderr):
     m = re.search(r"records: (\d+) received", stderr)
     assert m, "no exit report:\n" + stderr[-3000:]
     return int(m.group(1))
-
-
-def whole_lines(path):
-    """The records of an NDJSON file (gzip too); every line must be whole."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    assert not data or data.endswith(b"\n"), "a half line at the end of %s" % path
-    out = []
-    for n, line in enumerate(data.splitlines(), 1):
-        try:
-            out.append(json.loads(line))
-        except ValueError as e:
-            pytest.fail("%s line %d is not whole JSON (%s): %r" % (path, n, e, line[:300]))
-    return out
 
 
 def traced(recs):
