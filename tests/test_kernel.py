@@ -416,7 +416,11 @@ def test_connection_sequence(tracer_run, mode, family):
 def test_time_wait_reused(tracer_run, family):
     srv, cli = tracer_run.workers
     m = tracer_run.mark()
-    first = connection(srv, cli, family, "client-first", reuseaddr=True)
+    # a local port nothing else holds, TIME_WAITs of earlier tests included:
+    # an ephemeral port that connect() chose may be shared with another
+    # destination's TIME_WAIT, and binding it again would then fail
+    first = connection(srv, cli, family, "client-first", reuseaddr=True,
+                       bind_port=free_port(family))
     c = first["client"]
 
     def in_tw(evs):
