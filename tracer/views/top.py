@@ -595,68 +595,46 @@ def render(doc, w, h, ui):
             empty(tb, 3, "(no sample yet)")
         return tb
 
-    def procs_panel(n):
-        cols = [("PROCESS", "left", {"ratio": 1, "min_width": 10}), ("TR/s", "right", {}),
-                ("OPEN", "right", {})]
+    def activity_panel(head, rows, key, none, cw=False, p50=False):
+        """A list by activity: KEY, TR/s, OPEN, [CLOSE], FAIL, [CW],
+        [CONN p50]; CLOSE and CONN p50 only in the wide layout."""
+        p50 = p50 and wide
+        cols = [head, ("TR/s", "right", {}), ("OPEN", "right", {})]
         if wide:
             cols.append(("CLOSE", "right", {}))
-        cols += [("FAIL", "right", {}), ("CW", "right", {})]
-        if wide:
+        cols.append(("FAIL", "right", {}))
+        if cw:
+            cols.append(("CW", "right", {}))
+        if p50:
             cols.append(("CONN p50", "right", {}))
         tb = table(cols)
-        rows = data["procs"][:n]
         for r in rows:
-            cells = [safe("%s/%d" % (r["comm"], r["pid"])), fmt_rate(r["transitions_per_s"]),
-                     str(r["opened"])]
+            cells = [key(r), fmt_rate(r["transitions_per_s"]), str(r["opened"])]
             if wide:
                 cells.append(str(r["closed"]))
-            cells += [str(r["failed"]), str(r["close_wait"]) if r["close_wait"] else ""]
-            if wide:
+            cells.append(str(r["failed"]))
+            if cw:
+                cells.append(str(r["close_wait"]) if r["close_wait"] else "")
+            if p50:
                 cells.append(fmt_ns(r["connect_p50_ns"]))
             tb.add_row(*cells)
         if not rows:
-            empty(tb, len(cols), "(no process seen)")
+            empty(tb, len(cols), none)
         return tb
+
+    def procs_panel(n):
+        return activity_panel(("PROCESS", "left", {"ratio": 1, "min_width": 10}),
+                              data["procs"][:n], lambda r: safe("%s/%d" % (r["comm"], r["pid"])),
+                              "(no process seen)", cw=True, p50=True)
 
     def remotes_panel(n):
-        cols = [("REMOTE ADDR", "left", {"ratio": 1, "min_width": 9}), ("TR/s", "right", {}),
-                ("OPEN", "right", {})]
-        if wide:
-            cols.append(("CLOSE", "right", {}))
-        cols.append(("FAIL", "right", {}))
-        if wide:
-            cols.append(("CONN p50", "right", {}))
-        tb = table(cols)
-        rows = data["remotes"][:n]
-        for r in rows:
-            cells = [safe(_addr(r["family"], r["addr"])), fmt_rate(r["transitions_per_s"]),
-                     str(r["opened"])]
-            if wide:
-                cells.append(str(r["closed"]))
-            cells.append(str(r["failed"]))
-            if wide:
-                cells.append(fmt_ns(r["connect_p50_ns"]))
-            tb.add_row(*cells)
-        if not rows:
-            empty(tb, len(cols), "(none)")
-        return tb
+        return activity_panel(("REMOTE ADDR", "left", {"ratio": 1, "min_width": 9}),
+                              data["remotes"][:n],
+                              lambda r: safe(_addr(r["family"], r["addr"])), "(none)", p50=True)
 
     def ports_panel(n):
-        cols = [("PORT", "left", {"ratio": 1}), ("TR/s", "right", {}), ("OPEN", "right", {})]
-        if wide:
-            cols.append(("CLOSE", "right", {}))
-        cols.append(("FAIL", "right", {}))
-        tb = table(cols)
-        rows = data["ports"][:n]
-        for r in rows:
-            cells = [str(r["port"]), fmt_rate(r["transitions_per_s"]), str(r["opened"])]
-            if wide:
-                cells.append(str(r["closed"]))
-            cells.append(str(r["failed"]))
-            tb.add_row(*cells)
-        if not rows:
-            empty(tb, len(cols), "(none)")
-        return tb
+        return activity_panel(("PORT", "left", {"ratio": 1}), data["ports"][:n],
+                              lambda r: str(r["port"]), "(none)")
 
     def cw_panel(n):
         over = max([r["over_s"] for r in doc["close_wait"]] or [0])
