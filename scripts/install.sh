@@ -85,9 +85,10 @@ fi
 extra=
 [ "$want_test" = test ] && extra="[test]"
 stamp=.venv/.socktrace-installed$extra
-# again when the build inputs changed (setup.py compiles tracer/_fmt.c)
+# again when the build inputs changed (setup.py compiles tracer/_fmt.c, _diag.c)
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
-   [ tracer/_fmt.c -nt "$stamp" ] || [ bpf/socktrace.h -nt "$stamp" ]; then
+   [ tracer/_fmt.c -nt "$stamp" ] || [ tracer/_diag.c -nt "$stamp" ] ||
+   [ bpf/socktrace.h -nt "$stamp" ]; then
     say "pip install -e .$extra"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra" >&2
     touch "$stamp"

@@ -388,9 +388,47 @@ def nlmsgerr(err):
     return struct.pack("=IHHIIi", 36, 2, 0, 1, 0, err) + bytes(16)
 
 
+def outcome(buf, native):
+    """parse(buf) with tracer/_diag.c (native) or with the Python loop alone:
+    ("ok", sockets) or ("error", the SockDiagError)."""
+    saved = sockdiag._diag
+    if not native:
+        sockdiag._diag = None
+    try:
+        return "ok", parse(buf)
+    except SockDiagError as e:
+        return "error", e
+    finally:
+        sockdiag._diag = saved
+
+
+def parse_both(buf):
+    """parse(buf), after checking that the C loop and the Python loop give
+    the same sockets, field for field and type for type, or the same error."""
+    py = outcome(buf, native=False)
+    if sockdiag._diag is not None:
+        c = outcome(buf, native=True)
+        assert c[0] == py[0], (c, py)
+        if c[0] == "error":
+            assert (str(c[1]), c[1].errno) == (str(py[1]), py[1].errno)
+        else:
+            assert c == py
+            assert [tuple(map(type, s)) for s in c[1]] == [tuple(map(type, s)) for s in py[1]]
+            assert all(type(s) is DiagSocket for s in c[1])
+    if py[0] == "error":
+        raise py[1]
+    return py[1]
+
+
+def test_the_c_loop_is_built():
+    """scripts/install.sh builds tracer/_diag.c; without it every one-shot
+    view pays ~4x the parse time (the Python loop stays the fallback)."""
+    assert sockdiag._diag is not None
+
+
 def check_error(buf, match=None):
     with pytest.raises(SockDiagError) as ei:
-        parse(buf)
+        parse_both(buf)
     msg = str(ei.value)
     assert msg.startswith("sock_diag: ") and "\n" not in msg, msg
     if match:
@@ -509,7 +547,7 @@ def keep_few(raw, ports, others=20):
 
 def test_capture_parses_like_dump(capture, lo):
     raw4, raw6 = capture
-    socks = parse(raw4) + parse(raw6)
+    socks = parse_both(raw4) + parse_both(raw6)
     by = index(socks)
     assert by[tuple_of(lo["c"])].last_data_recv_ms is not None
     assert tuple_of(lo["l6"], True) in by
@@ -545,7 +583,7 @@ def test_fuzz_truncations_and_corruptions(capture):
                 i = rng.randrange(n)
                 buf[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
             try:
-                res = parse(bytes(buf))
+                res = parse_both(bytes(buf))
             except SockDiagError as e:
                 msg = str(e)
                 assert msg.startswith("sock_diag: ") and "\n" not in msg
@@ -555,7 +593,7 @@ def test_fuzz_truncations_and_corruptions(capture):
     for _ in range(500):
         junk = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
         try:
-            parse(junk)
+            parse_both(junk)
         except SockDiagError:
             pass
 

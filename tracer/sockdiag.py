@@ -92,9 +92,12 @@ import collections
 import errno as _errno
 import gc
 import os
-import socket
 import struct
 import sys
+
+# The C module behind socket.py, which would cost every one-shot command
+# ~1.6 ms to import (its enums, selectors) for nothing used here.
+import _socket as socket
 
 from .states import NAMES
 
@@ -283,7 +286,28 @@ def _addr6(raw):
 # --- the parser ---------------------------------------------------------------
 
 
+try:
+    from . import _diag   # the same loop in C (tracer/_diag.c); optional
+except ImportError:
+    _diag = None
+
+
 def _parse_chunk(buf, end, out, info, what):
+    """Parse buf[0:end], netlink messages; append a DiagSocket per socket.
+
+    tracer/_diag.c does it when it was built, for the well-formed case
+    only: on anything else it leaves *out* untouched and this Python loop
+    reads the chunk again and says what is wrong (one wording per error).
+    """
+    if _diag is not None:
+        done = _diag.parse_chunk(buf, end, out, info, DiagSocket, _ADDR4, _ADDR6,
+                                 _addr4, _addr6)
+        if done is not None:
+            return done
+    return _parse_chunk_py(buf, end, out, info, what)
+
+
+def _parse_chunk_py(buf, end, out, info, what):
     """Parse buf[0:end], netlink messages; append a DiagSocket per socket.
 
     Returns True when NLMSG_DONE was seen (it must be the last message).
@@ -532,6 +556,19 @@ def port_filter(sports=(), dports=()):
     return b"".join(out)
 
 
+class _Netlink:
+    """A NETLINK_SOCK_DIAG socket, closed when the with-block ends."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def __enter__(self):
+        return self.sock
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
 def _open():
     try:
         sock = socket.socket(
@@ -544,7 +581,7 @@ def _open():
     except BaseException:
         sock.close()
         raise
-    return sock
+    return _Netlink(sock)
 
 
 def _send(sock, req):

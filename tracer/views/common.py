@@ -431,18 +431,7 @@ def fmt_age(sec, estimate=False):
 
 
 def width():
-    # shutil.get_terminal_size's rule (COLUMNS, then the terminal), without
-    # importing shutil
-    try:
-        cols = int(os.environ.get("COLUMNS", 0))
-    except ValueError:
-        cols = 0
-    if cols <= 0:
-        try:
-            cols = os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            cols = 80
-    return max(80, cols)
+    return max(80, cmdline.terminal_columns())
 
 
 def table(rows, aligns, maxw=None, sep="  "):

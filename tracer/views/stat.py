@@ -122,13 +122,14 @@ def ss_summary(sockstat, snmp):
 
 
 def _loopback(addr):
-    import ipaddress
-    try:
-        a = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    m = getattr(a, "ipv4_mapped", None)
-    return a.is_loopback or (m is not None and m.is_loopback)
+    """Is this address (sock_diag's text: dotted IPv4, RFC 5952 IPv6,
+    IPv4-mapped as ::ffff:a.b.c.d) in 127/8 or ::1?
+
+    >>> [_loopback(a) for a in ("127.0.0.1", "127.9.9.9", "10.0.0.1", "::1",
+    ...                         "::ffff:127.0.0.2", "::ffff:10.0.0.1", "fe80::1")]
+    [True, True, False, True, True, False, False]
+    """
+    return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
 
 
 def _top(counter, n):
@@ -193,9 +194,21 @@ def view(args):
                 per_state[(SYN_RECV, f)] += n
     conns = [s for s in socks if s[5] != LISTEN]
     remotes = Counter(zip(map(FAM, conns), map(RADDR, conns)))
+    # local ports, split by whether something of the same family listens
+    # there: counted by port in C (most are clients' ports, one socket
+    # each), then only the listeners' ports are split in Python
+    by_port = Counter(map(LPORT, conns))
+    lnums = {p for _, p in listen_ports}
+    served = [s for s in conns if s[2] in lnums]
     lports = Counter()
-    for (fam, lp), n in Counter(zip(map(FAM, conns), map(LPORT, conns))).items():
-        lports[(lp, (fam, lp) in listen_ports)] += n
+    for (fam, lp), n in Counter(zip(map(FAM, served), map(LPORT, served))).items():
+        if (fam, lp) in listen_ports:
+            lports[(lp, True)] += n
+            by_port[lp] -= n
+    for lp in lnums & by_port.keys():
+        if not by_port[lp]:
+            del by_port[lp]
+    lports.update({(lp, False): n for lp, n in _top(by_port, top)})
     tws = [s for s in conns if s[5] == TIME_WAIT]
     tw_peers = Counter(zip(map(FAM, tws), map(RADDR, tws)))
     syn = Counter()
