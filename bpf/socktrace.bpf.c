@@ -21,7 +21,8 @@
  *                       comes before its tuple is set (see on_set_state);
  *                       the port filters wait for its next transition
  *   ST_TW_HANDLER       address of tw_timer_handler; 0 disables TIME_WAIT
- *   ST_OFF_TW_TIMER, ST_OFF_TW_SUBSTATE, ST_OFF_TIMER_EXPIRES
+ *   ST_OFF_TW_TIMER, ST_OFF_TW_SUBSTATE, ST_OFF_TIMER_EXPIRES,
+ *   ST_OFF_TIMER_PPREV, ST_OFF_TW_PORTS (tw_rearmed)
  *                       BTF offsets; without them every timewait arm is
  *                       taken as TIME_WAIT (no FIN_WAIT2 hand-off)
  *   ST_OFF_SKC_COOKIE   BTF offset of the socket cookie (else own ids only)
@@ -605,6 +606,34 @@ static __always_inline void tw_promote(void *ctx, struct st_story *tw, __u64 ts,
 	fw2_tuples.delete(&t);
 }
 
+/* Is this timewait timer armed again, on the same socket?  A re-arm is a
+ * cancel and a start in one __mod_timer() call, but the kernel skips our
+ * timer_start program when it is already running on this CPU (a softirq
+ * that re-arms a timewait timer came in while it ran for some other timer:
+ * counted in recursion_misses).  The cancel is then settled by some later
+ * event and would read as the socket's end (seen under emulation, where
+ * programs run long enough to be interrupted).  A timer that is pending
+ * again (entry.pprev set) on a timewait socket with the same ports is that
+ * re-arm; a socket really gone has its timer detached, and a new timewait
+ * socket in the same memory (the slab is SLAB_TYPESAFE_BY_RCU) has other
+ * ports. */
+static __always_inline int tw_rearmed(__u64 timer, struct st_story *tw)
+{
+#if defined(ST_OFF_TIMER_PPREV) && defined(ST_OFF_TW_PORTS)
+	__u64 pprev = 0;
+	__u16 ports[2] = {};	/* skc_dport (network order), skc_num */
+
+	bpf_probe_read_kernel(&pprev, sizeof(pprev), (void *)(timer + ST_OFF_TIMER_PPREV));
+	if (!pprev)
+		return 0;
+	bpf_probe_read_kernel(ports, sizeof(ports),
+			      (void *)(timer - ST_OFF_TW_TIMER + ST_OFF_TW_PORTS));
+	return __builtin_bswap16(ports[0]) == tw->dport && ports[1] == tw->sport;
+#else
+	return 0;
+#endif
+}
+
 /* A pending timewait cancel on this CPU was not followed by a re-arm of the
  * same timer: the timewait socket is gone.  Its end, and its story. */
 static __always_inline void tw_end(void *ctx, struct st_cancel *pc, int slot)
@@ -616,6 +645,16 @@ static __always_inline void tw_end(void *ctx, struct st_cancel *pc, int slot)
 	pc->timer = 0;
 	if (!tw)
 		return;
+	if (tw_rearmed(timer, tw)) {
+		/* a re-arm after all: what on_timer_start does for one */
+#ifdef ST_OFF_TIMER_EXPIRES
+		bpf_probe_read_kernel(&tw->deadline, sizeof(tw->deadline),
+				      (void *)(timer + ST_OFF_TIMER_EXPIRES));
+#endif
+		if (tw->state == TCP_FIN_WAIT2 && read_substate(timer) == TCP_TIME_WAIT)
+			tw_promote(ctx, tw, pc->ts, ST_VIA_TIMER, slot);
+		return;
+	}
 	if (tw->state == TCP_FIN_WAIT2 && pc->substate == TCP_TIME_WAIT) {
 		/* The peer's FIN arrived unseen (a remote peer): the re-arm that
 		 * came with it set expires = then + TIME_WAIT_LEN. */

@@ -207,11 +207,25 @@ class BpfBackend(Backend):
         except btf.BTFError as e:
             self.notes.append("FIN_WAIT2 timewait sockets reported as TIME_WAIT: %s" % e)
             return []
-        return [
+        flags = [
             "-DST_OFF_TW_TIMER=%d" % offs[("inet_timewait_sock", "tw_timer")][0],
             "-DST_OFF_TW_SUBSTATE=%d" % offs[("inet_timewait_sock", "tw_substate")][0],
             "-DST_OFF_TIMER_EXPIRES=%d" % offs[("timer_list", "expires")][0],
         ]
+        # Is a timewait timer armed again, on the same socket?  (tw_rearmed()
+        # in the program: a re-arm whose timer_start the kernel skipped.)
+        try:
+            more = btf.member_offsets({"timer_list": ["entry"], "hlist_node": ["pprev"],
+                                       "sock_common": ["skc_dport", "skc_num"]})
+        except btf.BTFError:
+            return flags
+        if more[("sock_common", "skc_num")][0] == more[("sock_common", "skc_dport")][0] + 2:
+            flags += [
+                "-DST_OFF_TIMER_PPREV=%d" % (more[("timer_list", "entry")][0]
+                                             + more[("hlist_node", "pprev")][0]),
+                "-DST_OFF_TW_PORTS=%d" % more[("sock_common", "skc_dport")][0],
+            ]
+        return flags
 
     def _sock_flags(self):
         """The socket cookie (connection ids that join with ss -e) and the
