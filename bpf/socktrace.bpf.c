@@ -792,6 +792,31 @@ out: __attribute__((unused));
 	return 1;
 }
 
+/* A listener the filters leave out still owns what it accepts: `--rport P`
+ * keeps the connections a server accepted from port P, never its listener
+ * (remote port 0), and an accepted socket's owner is its listener's (see
+ * find_listener).  Listens are rare: note the owner anyway, as on_set_state
+ * does for the listeners it follows. */
+static __always_inline void listener_aside(__u64 sk, int old, int new, __u16 sport,
+					   const __u8 *saddr6)
+{
+	struct st_lkey k = {};
+
+	__builtin_memcpy(k.addr, saddr6, 16);
+	k.port = sport;
+	if (new == TCP_LISTEN) {
+		struct st_listener l = {};
+		l.sk = sk;
+		l.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(l.comm, sizeof(l.comm));
+		listeners.update(&k, &l);
+	} else if (old == TCP_LISTEN && new == TCP_CLOSE) {
+		struct st_listener *l = listeners.lookup(&k);
+		if (l && l->sk == sk)
+			listeners.delete(&k);
+	}
+}
+
 /* A socket seen for the first time: a new one (connect, listen, accept),
  * or one older than us (its seed, if sock_diag showed it at start).
  * Returns 1 when the time it has spent in `old` is known (from its seed). */
@@ -1150,7 +1175,8 @@ static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx, in
 	/* ports in network order, as in struct inet_sock / sock_common */
 	dport = __builtin_bswap16(dport);
 	sport = __builtin_bswap16(read_u16(sk + ST_OFF_INET_SPORT));
-	if (filtered_out(sk, new, sport, dport, family))
+	int out = filtered_out(sk, new, sport, dport, family);
+	if (out && new != TCP_LISTEN && old != TCP_LISTEN)
 		return 0;
 	if (read_u16(sk + ST_OFF_SK_PROTOCOL) != 6 /* IPPROTO_TCP */)
 		return 0;
@@ -1162,6 +1188,10 @@ static __always_inline int raw_set_state(struct bpf_raw_tracepoint_args *ctx, in
 		saddr[10] = saddr[11] = daddr[10] = daddr[11] = 0xff;
 		__builtin_memcpy(saddr + 12, ST_SKC(RCV_SADDR), 4);
 		__builtin_memcpy(daddr + 12, ST_SKC(DADDR), 4);
+	}
+	if (out) {
+		listener_aside(sk, old, new, sport, saddr);
+		return 0;
 	}
 	return on_set_state(ctx, sk, old, new, sport, dport, family, saddr, daddr, slot);
 }
@@ -1313,8 +1343,12 @@ TRACEPOINT_PROBE(tcp, tcp_set_state)
 		count(ST_CNT_SELF, ST_SLOT_MAIN);
 		return 0;
 	}
-	if (filtered_out((__u64)args->skaddr, args->newstate, args->sport, args->dport, family))
+	if (filtered_out((__u64)args->skaddr, args->newstate, args->sport, args->dport, family)) {
+		if (args->newstate == TCP_LISTEN || args->oldstate == TCP_LISTEN)
+			listener_aside((__u64)args->skaddr, args->oldstate, args->newstate,
+				       args->sport, args->saddr_v6);
 		return 0;
+	}
 	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
 			    args->sport, args->dport, family,
 			    args->saddr_v6, args->daddr_v6, ST_SLOT_MAIN);
@@ -1329,8 +1363,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		return 0;
 	}
 	if (filtered_out((__u64)args->skaddr, args->newstate, args->sport, args->dport,
-			 args->family))
+			 args->family)) {
+		if (args->newstate == TCP_LISTEN || args->oldstate == TCP_LISTEN)
+			listener_aside((__u64)args->skaddr, args->oldstate, args->newstate,
+				       args->sport, args->saddr_v6);
 		return 0;
+	}
 	return on_set_state(args, (__u64)args->skaddr, args->oldstate, args->newstate,
 			    args->sport, args->dport, args->family,
 			    args->saddr_v6, args->daddr_v6, ST_SLOT_MAIN);

@@ -704,12 +704,13 @@ def test_filter_rport_accepted(tracer_run, tmp_path):
     for e in evs:
         if e.get("type") in ("state", "closed"):
             assert e["rport"] == cport, "--rport %d let through %s" % (cport, e)
-    # (the listener, remote port 0, is filtered out: the accepted socket's
-    # owner is not known, see docs/kernels.md)
+    # the listener (remote port 0) is filtered out, but its owner is the
+    # accepted socket's
     mine = [e for e in evs if e.get("type") in ("state", "closed") and e["lport"] == s["lport"]]
     chain = [e for e in mine if e["type"] == "state"]
     assert pairs(chain) == SERVER_OPEN + PASSIVE_CLOSE, describe(mine)
     check_tuple(chain, s, "--rport accepted socket")
+    check_owner(chain, srv.pid, "st-server", "listener", "--rport accepted socket")
     check_in_old(chain, "--rport accepted socket")
     assert not any(e["lower_bound"] for e in mine), describe(mine)
     check_closed(closed_for(evs, chain), chain, "server", "--rport accepted socket",

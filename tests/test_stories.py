@@ -394,15 +394,25 @@ def test_a_connect_that_hangs_keeps_its_story(tmp_path):
 
 
 @pytest.mark.bpf
-def test_connections_accepted_by_an_older_listener_have_its_owner(tmp_path):
+@pytest.mark.parametrize("by", ["port", "rport"])
+def test_connections_accepted_by_an_older_listener_have_its_owner(tmp_path, by):
     """A server that listened before socktrace started: what it accepts
-    afterwards is owned by it (owner_from listener), as for a new one."""
+    afterwards is owned by it (owner_from listener), as for a new one; also
+    when the filter (--rport: the client's port) leaves the listener out."""
     ls = listener()
     port = ls.getsockname()[1]
     me = os.getpid()
+    sentinel_port, cport = free_port(), free_port()
+
+    def connect(from_port):
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind(("127.0.0.1", from_port))
+        c.connect(("127.0.0.1", port))
+        return c
 
     def sentinel():
-        c = socket.create_connection(("127.0.0.1", port))
+        c = connect(sentinel_port)
         a, _ = ls.accept()
         c.close()
         a.close()
@@ -410,12 +420,12 @@ def test_connections_accepted_by_an_older_listener_have_its_owner(tmp_path):
         def pred(e):
             return (e.get("type") == "state" and e["new"] == "SYN_RECV" and e["lport"] == port)
         return pred
-    trace = start_socktrace(str(tmp_path / "older-listener.ndjson"), ["--port", str(port)],
-                            sentinel=sentinel)
+    flags = (["--port", str(port)] if by == "port" else
+             ["--rport", "%d,%d" % (sentinel_port, cport)])
+    trace = start_socktrace(str(tmp_path / "older-listener.ndjson"), flags, sentinel=sentinel)
     try:
         mark = trace.mark()
-        c = socket.create_connection(("127.0.0.1", port))
-        cport = c.getsockname()[1]
+        c = connect(cport)
         a, _ = ls.accept()
         c.close()
         a.close()
@@ -431,3 +441,12 @@ def test_connections_accepted_by_an_older_listener_have_its_owner(tmp_path):
     states = [e for e in trace.events(mark) if e.get("type") == "state" and e["lport"] == port
               and e["rport"] == cport]
     assert states and all(e["pid"] == me for e in states), describe(states)
+
+
+def free_port():
+    """A loopback port nothing holds a moment ago (bound, then released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -390,11 +390,15 @@ class BpfBackend(Backend):
         self.start_sockets = rows
         matches = Filter(family=self.family, ports=self.ports, lports=self.lports,
                          rports=self.rports)
+        # every listener, whatever the filters: what it accepts may pass
+        # them (--rport P) and takes its owner (listener_aside() in the
+        # program does the same for listeners that come later)
+        listeners = [r for r in rows if r.state == states.LISTEN]
         # request sockets (sock_diag shows them as SYN_RECV) become new
         # full sockets of their own: no seeds
         rows = [r for r in rows if r.cookie and r.state not in _REQUEST and matches(
             {"type": "socket", "family": r.family, "lport": r.lport, "rport": r.rport})]
-        owned = _owners_of(rows)
+        owned = _owners_of(rows + [r for r in listeners if r not in rows])
         listening = {(r.family, r.lport) for r in rows if r.state == states.LISTEN}
         table = self._bpf[b"seeds"]
         leaf = table.Leaf
@@ -417,7 +421,7 @@ class BpfBackend(Backend):
             closing = closing or r.state in _CLOSING
         if self.gated and closing:
             self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
-        self._seed_listeners(rows, owned)
+        self._seed_listeners(listeners, owned)
 
     def _seed_listeners(self, rows, owned):
         """Listeners older than socktrace, with their owners, where the
