@@ -29,6 +29,17 @@
  *   ST_OFF_SK_ERR       BTF offset of sk_err (else `end` cannot name errors)
  *   ST_OFF_SKC_NET, ST_OFF_NET_INUM
  *                       BTF offsets of the socket's network namespace inode
+ *   ST_OFF_SK_UID       BTF offset of sk_uid (else uid null)
+ *   ST_OFF_SK_CGROUP, ST_OFF_CGROUP_KN, ST_OFF_KN_ID (ST_CGROUP_VAL: the
+ *                       pre-5.15 union, a pointer with bit 0 clear)
+ *                       the socket's cgroup v2 id (else cgroup null)
+ *   ST_OFF_TP_*         BTF offsets of struct tcp_sock's counters: the
+ *                       health of closed records (else null)
+ *   ST_OFF_SK_LINGERTIME, ST_OFF_SKC_FLAGS
+ *                       a close() that aborts (SO_LINGER 0) sends a reset
+ *   ST_OFF_TASK_FILES, ST_OFF_FILES_FDT, ST_OFF_FDT_FD, ST_OFF_FDT_MAX,
+ *   ST_OFF_FILE_PRIVATE, ST_OFF_SOCKET_SK
+ *                       accept()'s new fd to its socket: the acceptor owns it
  *   ST_FIN_TIMEOUT      net.ipv4.tcp_fin_timeout in seconds
  *   ST_NO_STATE         --records without state: no per-transition records
  *   ST_NO_CLOSED        --records without closed
@@ -36,6 +47,12 @@
  *   ST_FILTER_PORTS     port_filter bitmap is in use
  *   ST_FILTER_LPORTS    ... and holds local-port (--lport) entries
  *   ST_FILTER_PIDS      pid_filter set is in use
+ *   ST_FILTER_UID       uid_filter set (sk_uid) is in use
+ *   ST_FILTER_NETNS     netns_filter set (namespace inodes) is in use
+ *   ST_FILTER_CGROUP    cgroup_filter (id, level) pairs are in use, with
+ *                       ST_OFF_CGROUP_LEVEL and ST_OFF_CGROUP_ANCESTORS (an
+ *                       array of cgroup pointers, 6.0+) or, with
+ *                       ST_CGROUP_ANCESTOR_IDS, of ids (older kernels)
  *   ST_GATE_TIMERS      the timer programs stand idle while no socket that
  *                       could reach TIME_WAIT passes the filters (see "gate")
  *   ST_RAW_TP           attach raw tracepoints (see "attachment" below), with
@@ -189,6 +206,23 @@ BPF_ARRAY(port_filter, __u8, 65536);
 #ifdef ST_FILTER_PIDS
 BPF_HASH(pid_filter, __u32, __u8, 4096);
 #endif
+#ifdef ST_FILTER_UID
+BPF_HASH(uid_filter, __u32, __u8, 1024);
+#endif
+#ifdef ST_FILTER_NETNS
+BPF_HASH(netns_filter, __u32, __u8, 1024);
+#endif
+#ifdef ST_FILTER_CGROUP
+/* --cgroup PATH: that cgroup and the ones below it, as (id, level): a
+ * socket's cgroup whose ancestor at that level has that id */
+#define ST_CGROUP_FILTERS 8
+struct st_cgroup_filter {
+	__u64 id;			/* 0: unused slot */
+	__u32 level;
+	__u32 pad;
+};
+BPF_ARRAY(cgroup_filter, struct st_cgroup_filter, ST_CGROUP_FILTERS);
+#endif
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -295,6 +329,117 @@ static __always_inline int read_err(__u64 sk)
 	return err;
 }
 
+/* A kernel value at an address (BTF offset arithmetic): 0 if unreadable. */
+#define ST_READER(name, type)						\
+static __always_inline type name(__u64 addr)				\
+{									\
+	type v = 0;							\
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);		\
+	return v;							\
+}
+ST_READER(read_u16, __u16)
+ST_READER(read_u32_at, __u32)
+ST_READER(read_u64_at, __u64)
+
+/* The socket's owner uid (sk_uid: what ss and sock_diag show). */
+static __always_inline __u32 read_uid(__u64 sk)
+{
+#ifdef ST_OFF_SK_UID
+	return read_u32_at(sk + ST_OFF_SK_UID);
+#else
+	return ST_NONE_U32;
+#endif
+}
+
+/* The socket's cgroup v2 id as the kernel records it (sk_cgrp_data: the
+ * cgroup of the task that made the socket; an accepted socket gets its
+ * listener's): cgroup->kn->id, the inode of the cgroup's directory, as
+ * bpf_get_current_cgroup_id() and sock_diag's INET_DIAG_CGROUP_ID give it.
+ * A field of the socket, not of whatever task runs now: right in softirq. */
+static __always_inline __u64 read_cgroup(__u64 sk)
+{
+#if defined(ST_OFF_SK_CGROUP) && defined(ST_OFF_CGROUP_KN) && defined(ST_OFF_KN_ID)
+	__u64 cg = read_u64_at(sk + ST_OFF_SK_CGROUP);
+#ifdef ST_CGROUP_VAL
+	if (cg & 1)		/* pre-5.15: a net_cls/net_prio id, no pointer */
+		return 0;
+#endif
+	if (!cg)
+		return 0;
+	__u64 kn = read_u64_at(cg + ST_OFF_CGROUP_KN);
+	return kn ? read_u64_at(kn + ST_OFF_KN_ID) : 0;
+#else
+	return 0;
+#endif
+}
+
+/* Where the socket lives: read once, when a story begins. */
+static __always_inline void read_context(struct st_story *s, __u64 sk)
+{
+	s->netns = read_netns(sk);
+	s->uid = read_uid(sk);
+	s->cgroup = read_cgroup(sk);
+	s->syn_retrans = ST_NONE_U32;
+}
+
+/* The connection's counters from struct tcp_sock, at its last transition
+ * (CLOSE, or the hand-off to a timewait socket): what tcp_info would show
+ * then.  Only closed records carry them.  The kernel's byte counts move
+ * with the sequence numbers, which the SYN and the FIN take one each of:
+ * a client's bytes_acked counts its SYN (an accepted socket starts past
+ * it), everyone's their FIN once acknowledged (*fin_out*), bytes_received
+ * the peer's FIN once it came (*fin_in*).  What users count is payload:
+ * those are taken off. */
+static __always_inline void read_health(struct st_story *s, __u64 sk, int fin_out, int fin_in)
+{
+#if defined(ST_OFF_TP_BYTES_ACKED) && !defined(ST_NO_CLOSED)
+	__u64 acked = read_u64_at(sk + ST_OFF_TP_BYTES_ACKED);
+	__u64 received = read_u64_at(sk + ST_OFF_TP_BYTES_RECEIVED);
+
+	if (acked && s->role == ST_ROLE_CLIENT)
+		acked--;		/* the SYN */
+	if (acked && fin_out)
+		acked--;
+	if (received && fin_in)
+		received--;
+	s->bytes_acked = acked;
+	s->bytes_received = received;
+	s->segs_out = read_u32_at(sk + ST_OFF_TP_SEGS_OUT);
+	s->segs_in = read_u32_at(sk + ST_OFF_TP_SEGS_IN);
+	s->retrans = read_u32_at(sk + ST_OFF_TP_TOTAL_RETRANS);
+	s->srtt_us = read_u32_at(sk + ST_OFF_TP_SRTT_US) >> 3;
+	s->rttvar_us = read_u32_at(sk + ST_OFF_TP_MDEV_US) >> 2;
+	s->flags |= ST_F_HEALTH;
+#endif
+}
+
+/* Does this X->CLOSE come from a close() that aborts the connection, which
+ * sends a reset right after it (tcp_close(): SO_LINGER with a zero time, or
+ * data the application never read)?  The reset's own tracepoint comes too
+ * late for the closed record: the story is gone by then. */
+static __always_inline int closing_with_reset(__u64 sk, int old)
+{
+	/* tcp_need_reset(): only these states answer an abort with a reset */
+	if (old != TCP_ESTABLISHED && old != TCP_CLOSE_WAIT && old != TCP_FIN_WAIT1 &&
+	    old != TCP_FIN_WAIT2 && old != TCP_SYN_RECV)
+		return 0;
+#if defined(ST_OFF_SK_LINGERTIME) && defined(ST_OFF_SKC_FLAGS)
+	/* SOCK_LINGER is bit 4 of sk_flags (enum sock_flags) */
+	if ((read_u64_at(sk + ST_OFF_SKC_FLAGS) & (1 << 4)) &&
+	    !read_u64_at(sk + ST_OFF_SK_LINGERTIME))
+		return 1;
+#endif
+#if defined(ST_OFF_TP_RCV_NXT) && defined(ST_OFF_TP_COPIED_SEQ)
+	/* unread data: tcp_close() drops it without moving copied_seq; a
+	 * peer's FIN (CLOSE_WAIT) takes one sequence number of its own */
+	__u32 unread = read_u32_at(sk + ST_OFF_TP_RCV_NXT) -
+		       read_u32_at(sk + ST_OFF_TP_COPIED_SEQ);
+	if (unread > (old == TCP_CLOSE_WAIT ? 1u : 0u))
+		return 1;
+#endif
+	return 0;
+}
+
 /* Filters run in the kernel so that what is filtered out costs user space
  * nothing.  A socket whose owner is not known yet passes the pid filter:
  * user space may know it from /proc and filters again. */
@@ -381,6 +526,9 @@ static __always_inline void emit_state(void *ctx, const struct st_story *s, __u6
 	e->reason = reason;
 	e->via = via;
 	__builtin_memcpy(e->comm, s->comm, ST_COMM_LEN);
+	e->cgroup = s->cgroup;
+	e->netns = s->netns;
+	e->uid = s->uid;
 #ifdef ST_USE_PERFBUF
 	if (events.perf_submit(ctx, e, sizeof(*e)) < 0) {
 		count(derived ? ST_CNT_DERIVED_LOST : ST_CNT_RINGBUF_LOST, slot);
@@ -405,7 +553,8 @@ static __always_inline __u8 end_of(const struct st_story *s, int last, int err, 
 	}
 	if (last == TCP_TIME_WAIT)
 		return ST_END_NORMAL;
-	if ((s->flags & ST_F_RST_RECV) || err == ST_ECONNRESET || err == ST_EPIPE)
+	if ((s->flags & (ST_F_RST_RECV | ST_F_RST_SENT)) || err == ST_ECONNRESET ||
+	    err == ST_EPIPE)
 		return ST_END_RESET;
 	if (err == ST_ETIMEDOUT)
 		return ST_END_TIMEOUT;
@@ -469,6 +618,17 @@ static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u
 	c->pad = 0;
 	__builtin_memcpy(c->path, s->path, ST_PATH_LEN);
 	__builtin_memcpy(c->comm, s->comm, ST_COMM_LEN);
+	c->cgroup = s->cgroup;
+	c->netns = s->netns;
+	c->uid = s->uid;
+	c->bytes_acked = s->bytes_acked;
+	c->bytes_received = s->bytes_received;
+	c->segs_out = s->segs_out;
+	c->segs_in = s->segs_in;
+	c->retrans = s->retrans;
+	c->srtt_us = s->srtt_us;
+	c->rttvar_us = s->rttvar_us;
+	c->syn_retrans = s->syn_retrans;
 #ifdef ST_USE_PERFBUF
 	if (events.perf_submit(ctx, c, sizeof(*c)) < 0) {
 		count(ST_CNT_CLOSED_LOST, slot);
@@ -587,6 +747,12 @@ static __always_inline void story_from_seed(struct st_story *s, __u64 cookie,
 	s->flags = ST_F_LOWER | (seed->flags & ST_F_ESTIMATE);
 	s->cur_lower = 1;
 	__builtin_memcpy(s->comm, seed->comm, ST_COMM_LEN);
+	/* what sock_diag said, where the socket itself cannot say (a timewait
+	 * socket has no sk_uid or cgroup) */
+	if (seed->uid != ST_NONE_U32)
+		s->uid = seed->uid;
+	if (seed->cgroup)
+		s->cgroup = seed->cgroup;
 }
 
 /* ---- timewait -------------------------------------------------------------- */
@@ -717,6 +883,8 @@ static __always_inline struct st_story *tw_adopt(__u64 timer)
 	if (!seed)
 		return 0;
 	__builtin_memset(s, 0, sizeof(*s));
+	s->uid = ST_NONE_U32;
+	s->syn_retrans = ST_NONE_U32;
 	story_from_seed(s, cookie, seed);
 	__builtin_memcpy(s->saddr, seed->saddr, 16);
 	__builtin_memcpy(s->daddr, seed->daddr, 16);
@@ -743,11 +911,76 @@ static __always_inline struct st_story *tw_adopt(__u64 timer)
 
 /* ---- sock:inet_sock_set_state -------------------------------------------- */
 
-/* The family and port filters, which each front end runs before anything
- * else (the raw one before it reads the addresses): a socket they reject
- * costs a few reads and one array lookup per transition, nothing more.  A
- * client's CLOSE->SYN_SENT has no local port yet: with an --lport filter it
- * passes, to record the owner, and the socket's later CLOSE then clears it. */
+/* The ports a filter asks for, in either role; or a socket to decide later:
+ * an accepted socket's tuple may not be set yet, and a client's
+ * CLOSE->SYN_SENT has no local port yet (with an --lport filter it passes,
+ * to record the owner, and the socket's later CLOSE then clears it). */
+static __always_inline int ports_pass(int new, __u16 sport, __u16 dport)
+{
+#ifdef ST_FILTER_PORTS
+	int lp = sport, rp = dport;
+	__u8 *l = port_filter.lookup(&lp), *r = port_filter.lookup(&rp);
+	__u8 lb = l ? *l : 0, rb = r ? *r : 0;
+	if ((lb & 1) || (rb & 1) || (lb & 2) || (rb & 4))
+		return 1;
+#ifdef ST_LATE_CHILD_TUPLE
+	/* an accepted socket whose tuple the kernel has not set yet (see
+	 * on_set_state): decided at its next transition, which clears it
+	 * below if the ports are not wanted */
+	if (new == TCP_SYN_RECV && !dport)
+		return 1;
+#endif
+#ifdef ST_FILTER_LPORTS
+	if (!sport)
+		return 1;
+#endif
+	return 0;
+#else
+	return 1;
+#endif
+}
+
+#ifdef ST_FILTER_CGROUP
+/* Is the socket's cgroup one of --cgroup's, or below one?  Its ancestor at
+ * the filter's level (cgroup->ancestors[level], itself included) is that
+ * cgroup.  A handful of reads, only with the filter on. */
+static __always_inline int cgroup_pass(__u64 sk)
+{
+	__u64 cg = read_u64_at(sk + ST_OFF_SK_CGROUP);
+#ifdef ST_CGROUP_VAL
+	if (cg & 1)
+		return 0;
+#endif
+	if (!cg)
+		return 0;
+	__u32 level = read_u32_at(cg + ST_OFF_CGROUP_LEVEL);
+#pragma unroll
+	for (int i = 0; i < ST_CGROUP_FILTERS; i++) {
+		int k = i;
+		struct st_cgroup_filter *f = cgroup_filter.lookup(&k);
+		if (!f || !f->id)
+			break;
+		if (f->level > level)
+			continue;
+#ifdef ST_CGROUP_ANCESTOR_IDS
+		__u64 id = read_u64_at(cg + ST_OFF_CGROUP_ANCESTORS + 8 * (__u64)(f->level & 255));
+#else
+		__u64 a = read_u64_at(cg + ST_OFF_CGROUP_ANCESTORS + 8 * (__u64)(f->level & 255));
+		__u64 kn = a ? read_u64_at(a + ST_OFF_CGROUP_KN) : 0;
+		__u64 id = kn ? read_u64_at(kn + ST_OFF_KN_ID) : 0;
+#endif
+		if (id == f->id)
+			return 1;
+	}
+	return 0;
+}
+#endif
+
+/* The filters, which each front end runs before anything else (the raw one
+ * before it reads the addresses): a socket they reject costs a few reads and
+ * a lookup or two per transition, nothing more.  The family and ports come from the tracepoint; uid,
+ * namespace and cgroup from the socket, so every transition of one socket
+ * gets the same answer. */
 static __always_inline int filtered_out(__u64 sk, int new, __u16 sport, __u16 dport,
 					__u16 family)
 {
@@ -755,24 +988,25 @@ static __always_inline int filtered_out(__u64 sk, int new, __u16 sport, __u16 dp
 	if ((family == ST_AF_INET6 ? 6 : 4) != ST_FILTER_FAMILY)
 		goto out;
 #endif
-#ifdef ST_FILTER_PORTS
-	int lp = sport, rp = dport;
-	__u8 *l = port_filter.lookup(&lp), *r = port_filter.lookup(&rp);
-	__u8 lb = l ? *l : 0, rb = r ? *r : 0;
-	if ((lb & 1) || (rb & 1) || (lb & 2) || (rb & 4))
-		return 0;
-#ifdef ST_LATE_CHILD_TUPLE
-	/* an accepted socket whose tuple the kernel has not set yet (see
-	 * on_set_state): decided at its next transition, which clears it
-	 * below if the ports are not wanted */
-	if (new == TCP_SYN_RECV && !dport)
-		return 0;
+	if (!ports_pass(new, sport, dport))
+		goto out;
+#ifdef ST_FILTER_UID
+	{
+		__u32 uid = read_uid(sk);
+		if (!uid_filter.lookup(&uid))
+			goto out;
+	}
 #endif
-#ifdef ST_FILTER_LPORTS
-	if (!sport)
-		return 0;
+#ifdef ST_FILTER_NETNS
+	{
+		__u32 ns = read_netns(sk);
+		if (!netns_filter.lookup(&ns))
+			goto out;
+	}
 #endif
-	goto out;
+#ifdef ST_FILTER_CGROUP
+	if (!cgroup_pass(sk))
+		goto out;
 #endif
 	return 0;
 out: __attribute__((unused));
@@ -826,7 +1060,7 @@ static __always_inline int story_new(struct st_story *s, __u64 sk, int old, int 
 	__builtin_memset(s, 0, sizeof(*s));
 	s->start_ns = now;
 	s->ts = now;
-	s->netns = read_netns(sk);
+	read_context(s, sk);
 	if (old == TCP_CLOSE) {
 		s->conn = new_conn(slot);
 		s->role = new == TCP_SYN_SENT ? ST_ROLE_CLIENT :
@@ -931,6 +1165,10 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 			arm->timer = 0;
 			s->deadline = arm->expires;
 			s->len_j = arm->expires - arm->now;
+			/* the full socket's last chance: our FIN was acknowledged
+			 * (FIN_WAIT2, or TIME_WAIT straight away); the peer's came
+			 * if the timewait socket starts in TIME_WAIT */
+			read_health(s, sk, 1, sub == TCP_TIME_WAIT);
 			if (sub == TCP_TIME_WAIT) {
 				leave(s, old, TCP_TIME_WAIT, now, slot);
 				emit_state(ctx, s, now, old, TCP_TIME_WAIT, in_old, flags,
@@ -955,6 +1193,21 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 		}
 	}
 
+#ifdef ST_OFF_TP_TOTAL_RETRANS
+	/* a connect's SYN retransmissions: all it retransmitted so far */
+	if (old == TCP_SYN_SENT)
+		s->syn_retrans = read_u32_at(sk + ST_OFF_TP_TOTAL_RETRANS);
+#endif
+	int err = 0;
+	if (new == TCP_CLOSE) {
+		err = read_err(sk);
+		/* LAST_ACK -> CLOSE is the ACK of our FIN; FIN_WAIT2 had it.
+		 * CLOSE_WAIT, LAST_ACK and CLOSING came after the peer's FIN. */
+		read_health(s, sk, old == TCP_LAST_ACK || old == TCP_FIN_WAIT2,
+			    old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK || old == TCP_CLOSING);
+		if (!err && !(s->flags & ST_F_RST_RECV) && closing_with_reset(sk, old))
+			s->flags |= ST_F_RST_SENT;
+	}
 	leave(s, old, new, now, slot);
 	if (old == TCP_LISTEN && new == TCP_SYN_RECV && !dport) {
 		/* Before Linux 6.15 (commit a3a128f611a9, "inet: consolidate
@@ -971,7 +1224,7 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	}
 
 	if (new == TCP_CLOSE) {
-		emit_closed(ctx, s, now, read_err(sk), ST_REASON_NONE, slot);
+		emit_closed(ctx, s, now, err, ST_REASON_NONE, slot);
 		if (old == TCP_LISTEN) {
 			struct st_lkey k = {};
 			__builtin_memcpy(k.addr, s->saddr, 16);
@@ -1038,6 +1291,58 @@ static __always_inline int on_receive_reset(__u64 sk)
 	struct st_story *s = socks.lookup(&sk);
 	if (s)
 		s->flags |= ST_F_RST_RECV;
+	return 0;
+}
+
+/* ---- syscalls:sys_exit_accept, sys_exit_accept4 -------------------------- */
+
+#if defined(ST_OFF_TASK_FILES) && defined(ST_OFF_FILES_FDT) && defined(ST_OFF_FDT_FD) && \
+    defined(ST_OFF_FDT_MAX) && defined(ST_OFF_FILE_PRIVATE) && defined(ST_OFF_SOCKET_SK)
+#define ST_ACCEPT_OWNER 1
+/* accept()'s new fd -> its socket: current->files->fdt->fd[fd] is the
+ * file, whose private_data is the struct socket, whose sk is the socket the
+ * story is kept under. */
+static __always_inline __u64 fd_to_sk(long fd)
+{
+	if (fd < 0)
+		return 0;
+	__u64 files = read_u64_at(bpf_get_current_task() + ST_OFF_TASK_FILES);
+	__u64 fdt = files ? read_u64_at(files + ST_OFF_FILES_FDT) : 0;
+	if (!fdt || (__u64)fd >= read_u32_at(fdt + ST_OFF_FDT_MAX))
+		return 0;
+	__u64 fds = read_u64_at(fdt + ST_OFF_FDT_FD);
+	__u64 file = fds ? read_u64_at(fds + (__u64)fd * 8) : 0;
+	__u64 sock = file ? read_u64_at(file + ST_OFF_FILE_PRIVATE) : 0;
+	return sock ? read_u64_at(sock + ST_OFF_SOCKET_SK) : 0;
+}
+
+/* The process that accept()s a connection owns it from then on: a
+ * pre-fork server's worker, not the master that called listen().  Until
+ * then it is the listener's.  (Another file at that fd, in a race with a
+ * close() in another thread, leads to no story of a server: nothing.) */
+static __always_inline int on_accept(long fd)
+{
+	__u64 sk = fd_to_sk(fd);
+	struct st_story *s = sk ? socks.lookup(&sk) : 0;
+
+	if (!s || s->role != ST_ROLE_SERVER)
+		return 0;
+	s->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(&s->comm, sizeof(s->comm));
+	s->owner_from = ST_OWNER_ACCEPT;
+	return 0;
+}
+#endif
+
+/* A reset went out on a socket we follow (one sent after its CLOSE, by a
+ * close() that aborts, is seen at the CLOSE: closing_with_reset()). */
+static __always_inline int on_send_reset(__u64 sk)
+{
+	if (!sk)
+		return 0;		/* a reset for no socket of ours */
+	struct st_story *s = socks.lookup(&sk);
+	if (s)
+		s->flags |= ST_F_RST_SENT;
 	return 0;
 }
 
@@ -1135,13 +1440,6 @@ static __always_inline int on_timer_cancel(void *ctx, __u64 timer, __u64 functio
  * the timer hooks fire for every timer on the host.  The arguments are the
  * tracepoint's TP_PROTO; struct fields are read at BTF offsets (ST_OFF_*),
  * the same fields the classic tracepoint copies out. */
-
-static __always_inline __u16 read_u16(__u64 addr)
-{
-	__u16 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
 
 static __always_inline __u64 timer_function(__u64 timer)
 {
@@ -1331,6 +1629,12 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset)
 	return on_receive_reset(ctx->args[0]);
 }
 
+/* TP_PROTO(const struct sock *sk, const struct sk_buff *skb, ...) */
+RAW_TRACEPOINT_PROBE(tcp_send_reset)
+{
+	return on_send_reset(ctx->args[0]);
+}
+
 #else /* classic tracepoints: the arguments come decoded in args */
 
 #ifdef ST_TCP_SET_STATE
@@ -1401,4 +1705,23 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
 	return on_receive_reset((__u64)args->skaddr);
 }
+
+/* No tcp:tcp_send_reset here: since 6.10 its format has a field of a type
+ * (enum sk_rst_reason) that older kernel headers, which bcc may be given,
+ * do not define.  Classic tracepoints see a reset sent by a close() that
+ * aborts (closing_with_reset) and not those sent while a socket lives. */
 #endif /* ST_RAW_TP */
+
+#ifdef ST_ACCEPT_OWNER
+/* Classic tracepoints in both modes: a raw one would be sys_exit, run for
+ * every system call on the host. */
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+	return on_accept(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+	return on_accept(args->ret);
+}
+#endif

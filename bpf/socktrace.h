@@ -40,6 +40,7 @@ enum st_owner_from {
 	ST_OWNER_LISTEN   = 2,	/* task that called listen() (CLOSE->LISTEN) */
 	ST_OWNER_LISTENER = 3,	/* accepted socket: its listener's owner */
 	ST_OWNER_PROC     = 4,	/* found in /proc (socket older than the tracer) */
+	ST_OWNER_ACCEPT   = 5,	/* the task that accept()ed it (syscalls:sys_exit_accept*) */
 };
 
 enum st_role {
@@ -86,7 +87,11 @@ enum st_flags {
 	ST_F_PATH_CUT   = 32,	/* closed: more states than ST_PATH_LEN */
 	ST_F_ESTIMATE   = 64,	/* times of a socket older than the tracer are
 				 * the kernel's estimate (TIME_WAIT's timer) */
+	ST_F_HEALTH     = 128,	/* closed: the health fields were read */
 };
+
+/* A __u32 field whose value is not known (written as null): uid, syn_retrans */
+#define ST_NONE_U32	0xffffffffu
 
 /* Kernel-side counters (per-CPU array indexes), read by user space. */
 enum st_counter {
@@ -145,6 +150,12 @@ struct st_state {
 	__u8  reason;		/* enum st_reason */
 	__u8  via;		/* enum st_via */
 	char  comm[ST_COMM_LEN];	/* owner's comm */
+	/* where the socket lives, on every record (the same in st_closed) */
+	__u64 cgroup;		/* its cgroup v2 id as the kernel records it
+				 * (sk_cgrp_data: the creator's; an accepted
+				 * socket's is its listener's), 0 unknown */
+	__u32 netns;		/* its network namespace's inode, 0 unknown */
+	__u32 uid;		/* its owner's uid (sk_uid), ST_NONE_U32 unknown */
 };
 
 /* A connection that ended: its whole story, as the kernel kept it. */
@@ -170,6 +181,19 @@ struct st_closed {
 	__u8  pad;
 	__u8  path[ST_PATH_LEN];	/* the states it went through, in order */
 	char  comm[ST_COMM_LEN];
+	__u64 cgroup;		/* as in st_state */
+	__u32 netns;
+	__u32 uid;
+	/* health, from struct tcp_sock at its last transition (ST_F_HEALTH) */
+	__u64 bytes_acked;	/* bytes sent and acknowledged */
+	__u64 bytes_received;
+	__u32 segs_out;
+	__u32 segs_in;
+	__u32 retrans;		/* total_retrans: segments retransmitted */
+	__u32 srtt_us;		/* smoothed RTT, us (srtt_us >> 3, as tcp_info) */
+	__u32 rttvar_us;	/* its mean deviation, us (mdev_us >> 2) */
+	__u32 syn_retrans;	/* connects: SYNs retransmitted (total_retrans when
+				 * SYN_SENT ended); ST_NONE_U32: not a connect */
 };
 
 /* A connection's story so far, as the kernel keeps it: the value of the
@@ -188,7 +212,7 @@ struct st_story {
 	__u16 sport;
 	__u16 dport;
 	__u32 pid;
-	__u32 netns;			/* network namespace inode, 0 unknown */
+	__u32 uid;			/* as in st_state */
 	__u8  family;
 	__u8  owner_from;
 	__u8  role;
@@ -200,6 +224,18 @@ struct st_story {
 					 * the peer's address (kernels < 6.15) */
 	__u8  path[ST_PATH_LEN];
 	char  comm[ST_COMM_LEN];
+	__u64 cgroup;			/* as in st_state */
+	__u32 netns;
+	__u32 syn_retrans;		/* as in st_closed */
+	/* health: see st_closed */
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u32 segs_out;
+	__u32 segs_in;
+	__u32 retrans;
+	__u32 srtt_us;
+	__u32 rttvar_us;
+	__u32 pad2;
 };
 /* A socket older than the tracer, handed to the kernel by user space at
  * start (seeds map, keyed by socket cookie): what sock_diag and /proc know,
@@ -219,6 +255,9 @@ struct st_seed {
 	__u8  state;		/* its state at start */
 	__u8  pad[3];
 	char  comm[ST_COMM_LEN];
+	__u64 cgroup;		/* sock_diag's INET_DIAG_CGROUP_ID, 0 unknown */
+	__u32 uid;		/* sock_diag's idiag_uid, ST_NONE_U32 unknown */
+	__u32 pad2;
 };
 
 #endif /* SOCKTRACE_H */

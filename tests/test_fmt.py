@@ -16,6 +16,7 @@ comm can hold.
 import errno
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -27,9 +28,40 @@ import pytest
 from tracer import records, states, wire
 
 
-def build_config(wall_offset_ns, source="bpf"):
+class FakeContext:
+    """records.Formatter's cgroup resolver, deterministic: some ids name
+    nothing, others long paths, escapes, containers and units (the real one
+    reads the cgroup file system)."""
+
+    def describe(self, cid):
+        if cid == LONG_CGROUP:
+            return LONG_CONTEXT
+        k = cid % 7
+        if k == 0:
+            return (None, None, None)
+        if k == 1:
+            return ("/", None, None)
+        if k == 2:
+            c = "%064x" % (cid * 0x9E3779B97F4A7C15 % (1 << 256))
+            return ("/system.slice/docker-%s.scope" % c, c, "docker-%s.scope" % c)
+        if k == 3:
+            return ('/we"ird\\\n\x1b[0m\u2028/caf\u00e9-%d.service' % cid, None,
+                    "caf\u00e9-%d.service" % cid)
+        if k == 4:
+            return ("/" + "long/" * 900 + str(cid), None, None)
+        return ("/user.slice/user-1000.slice/session-%d.scope" % cid, None,
+                "session-%d.scope" % cid)
+
+
+def formatter(wall_offset_ns):
+    f = records.Formatter(wall_offset_ns)
+    f.context = FakeContext()
+    return f
+
+
+def build_config(wall_offset_ns, source="bpf", cgroups=None):
     """configure()'s arguments, from tracer/records.py's own tables."""
-    return records.native_config(records.Formatter(wall_offset_ns), source)
+    return records.native_config(formatter(wall_offset_ns), source, cgroups)
 
 
 try:
@@ -53,24 +85,35 @@ OFFSETS = (0, NOW_OFFSET, 1, 999_999_999, -1, -NOW_OFFSET, (1 << 63) - 1, -(1 <<
 def reference(span, wall_offset, source="bpf"):
     """records.decode (a record it cannot read counted undecodable, as _fmt
     counts it), serialised as the sink does."""
-    recs, bad = records.decode(records.Formatter(wall_offset), span, source)
+    recs, bad = records.decode(formatter(wall_offset), span, source)
     return b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in recs), bad
 
 
 def decode_reference(span, wall_offset, source="bpf"):
     """records.decode itself."""
-    recs, bad = records.decode(records.Formatter(wall_offset), span, source)
+    recs, bad = records.decode(formatter(wall_offset), span, source)
     return b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in recs), bad
 
 
 _configured = [None]
+_cgroups = {}
 
 
 def c_format(span, wall_offset, source="bpf"):
+    """_fmt.format as bpf_backend.read_ndjson calls it: cgroups it reports
+    missing are resolved (FakeContext), handed over, and asked again."""
     if _configured[0] != (wall_offset, source):
-        _fmt.configure(*build_config(wall_offset, source))
+        _fmt.configure(*build_config(wall_offset, source, _cgroups))
         _configured[0] = (wall_offset, source)
-    return _fmt.format(span)
+    out, bad, missing = _fmt.format(span)
+    while missing:                 # at most 64 a call; each round adds them
+        assert (out, bad) == (b"", 0)
+        for cid in missing:
+            assert cid not in _cgroups
+            _cgroups[cid] = FakeContext().describe(cid)
+        _fmt.configure(*build_config(wall_offset, source, _cgroups))
+        out, bad, missing = _fmt.format(span)
+    return out, bad
 
 
 def assert_same(span, wall_offset, source="bpf", exact_decode=False):
@@ -146,6 +189,21 @@ def rand_u8(rng, valid, corrupt):
     return rng.choice(valid)
 
 
+def rand_where(rng):
+    """cgroup id, netns inode, uid: 0 and NONE_U32 (unknown) among them."""
+    cgroup = rng.choice([0, 1, rng.randrange(1, 60), rng.randrange(1 << 64)])
+    netns = rng.choice([0, 4026531840, rng.randrange(1 << 32)])
+    uid = rng.choice([0, 1000, wire.NONE_U32, rng.randrange(1 << 32)])
+    return cgroup, netns, uid
+
+
+def rand_health(rng):
+    big = lambda: rng.choice([0, 1, rng.randrange(1 << 32), (1 << 64) - 1])  # noqa: E731
+    u32 = lambda: rng.choice([0, 1, rng.randrange(1 << 16), (1 << 32) - 1])  # noqa: E731
+    return (big(), big(), u32(), u32(), u32(), u32(), u32(),
+            rng.choice([0, 3, wire.NONE_U32]))
+
+
 def make_state(rng, corrupt=False):
     family = rng.choice([4, 6]) if not (corrupt and rng.random() < 0.02) else \
         rng.choice([0, 5, 10, 255])
@@ -160,7 +218,7 @@ def make_state(rng, corrupt=False):
         rand_u8(rng, list(wire.OWNER_FROM), corrupt), rand_u8(rng, list(wire.ROLE), corrupt),
         rng.randrange(256),
         rand_u8(rng, list(wire.REASON), corrupt), rand_u8(rng, list(wire.VIA), corrupt),
-        rand_comm(rng))
+        rand_comm(rng), *rand_where(rng))
 
 
 def make_closed(rng, corrupt=False):
@@ -183,7 +241,7 @@ def make_closed(rng, corrupt=False):
         rand_u8(rng, list(wire.OWNER_FROM), corrupt), rand_u8(rng, list(wire.ROLE), corrupt),
         rng.randrange(256), rand_u8(rng, list(wire.END), corrupt),
         rand_u8(rng, list(wire.REASON), corrupt), plen, rng.randrange(256), path,
-        rand_comm(rng))
+        rand_comm(rng), *rand_where(rng), *rand_health(rng))
 
 
 def frame(body, rng=None, flags=0, length=None):
@@ -368,14 +426,14 @@ def test_large_spans_in_threads():
     def work():
         try:
             for _ in range(5):
-                results.append(_fmt.format(span))
+                results.append(_fmt.format(span)[:2])
         except Exception as e:     # pragma: no cover - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
-    args = build_config(NOW_OFFSET)
+    args = build_config(NOW_OFFSET, cgroups=_cgroups)
     for _ in range(200):
         _fmt.configure(*args)
     for t in threads:
@@ -389,7 +447,9 @@ def test_large_spans_in_threads():
 def _comm_span(seqs):
     rec = bytearray(make_state(random.Random(0)))
     struct.pack_into("<I", rec, 4, 1)                   # a pid: comm is printed
-    off = wire.STATE.size - 4 - wire.COMM_LEN           # comm, then 4 bytes of padding
+    off = wire.STATE_FIELDS.index("comm")
+    off = struct.calcsize("<" + "".join(
+        re.findall(r"\d*[a-zA-Z]", wire.STATE.format.lstrip("<"))[:off]))   # comm's offset
     out = []
     for s in seqs:
         rec[off:off + 16] = s.ljust(16, b"\0")
@@ -474,13 +534,13 @@ def test_configure_rejects_and_keeps_the_old_config():
     for tables, exc in bad_tables:
         with pytest.raises(exc):
             _fmt.configure(off, tables)
-        assert _fmt.format(span) == want
+        assert _fmt.format(span)[:2] == want
     for offset in (1 << 63, -(1 << 63) - 1):
         with pytest.raises(OverflowError):
             _fmt.configure(offset, good)
     with pytest.raises(TypeError):
         _fmt.configure(1.5, good)
-    assert _fmt.format(span) == want
+    assert _fmt.format(span)[:2] == want
 
 
 def test_configure_other_names():
@@ -488,12 +548,14 @@ def test_configure_other_names():
     written as the reference would write them."""
     rng = random.Random(18)
     span = rand_span(rng, 300, messy=False)
-    off, tables = build_config(NOW_OFFSET)
+    c_format(span, NOW_OFFSET)            # its cgroups, into the tables
+    off, tables = build_config(NOW_OFFSET, cgroups=_cgroups)
     tables = dict(tables, timed=(), source="p\"r\\o\nc\u00e9",
                   states=tuple(None if n is None else n.lower() for n in tables["states"]))
     _fmt.configure(off, tables)
     _configured[0] = None
-    out, bad = _fmt.format(span)
+    out, bad, missing = _fmt.format(span)
+    assert not missing
     line = orjson.loads(out.split(b"\n", 1)[0])
     assert line["source"] == "p\"r\\o\nc\u00e9" and bad == 0
     closed = [orjson.loads(x) for x in out.splitlines() if x.startswith(b'{"type":"closed"')]
@@ -507,18 +569,26 @@ def _longest_records(path_state, owner=0, role=0, end=0, reason=0, via=0, error=
     v6 = b"\xfe\xdc" * 8                                  # fedc:fedc:...: 39 characters
     top = (1 << 64) - 1
     comm = b"\x01" * 16
+    where = (LONG_CGROUP, 2**32 - 1, 2**32 - 2)
+    health = (top, top) + (2**32 - 1,) * 5 + (2**32 - 2,)
     st = wire.STATE.pack(wire.KIND_STATE, 2**32 - 1, top, top, top, v6, v6, 65535, 65535,
-                         6, path_state, path_state, owner, role, 0xff, reason, via, comm)
+                         6, path_state, path_state, owner, role, 0xff, reason, via, comm,
+                         *where)
     cl = wire.CLOSED.pack(wire.KIND_CLOSED, 2**32 - 1, top, top, 0, *[top] * 16, v6, v6,
                           65535, 65535, error, 6, owner, role, 0xff, end, reason, 16, 0,
-                          bytes([path_state]) * 16, comm)
+                          bytes([path_state]) * 16, comm, *where, *health)
     return st, cl
+
+
+# a cgroup whose context is as long as a path gets (PATH_MAX), all escapes
+LONG_CGROUP = 7 * 1000 + 4
+LONG_CONTEXT = ("\x01" * 4095, "f" * 64, "\x01" * 255)
 
 
 def _check_bounds(span):
     state_max, closed_max = _fmt._bounds()
-    out, bad = _fmt.format(span)
-    assert bad == 0
+    out, bad, missing = _fmt.format(span)
+    assert bad == 0 and not missing
     for line in out.splitlines(keepends=True):
         orjson.loads(line)
         limit = state_max if line.startswith(b'{"type":"state"') else closed_max
@@ -532,7 +602,7 @@ def test_longest_lines_within_bounds(offset):
     the longest records, with names as long as configure() takes, fit."""
     st, cl = _longest_records(S["FIN_WAIT1"])
     _configured[0] = None
-    _fmt.configure(*build_config(offset))
+    _fmt.configure(*build_config(offset, cgroups={LONG_CGROUP: LONG_CONTEXT}))
     out = _check_bounds(b"".join(frame(r) for r in (st, cl) * 50))
     assert out == reference(b"".join(frame(r) for r in (st, cl) * 50), offset)[0]
     # every name 40 control characters: 242 bytes of JSON, the most allowed
@@ -547,6 +617,7 @@ def test_longest_lines_within_bounds(offset):
         "errno": {i: long(i) for i in range(1, 256)},
         "timed": tuple(("\x01" * 38 + "%02d" % i, i % 16) for i in range(64)),
         "source": long(0),
+        "cgroups": {LONG_CGROUP: LONG_CONTEXT},
     }
     _fmt.configure(offset, tables)
     st, cl = _longest_records(255, 255, 255, 255, 255, 255, error=255)
@@ -574,7 +645,7 @@ def test_committed_matches_the_python_reader():
 
     rng = random.Random(7)
     recs = [wire.STATE.pack(wire.KIND_STATE, 1, i, i, 0, bytes(16), bytes(16), 1, 2, 4,
-                            7, 2, 1, 1, 0, 0, 0, b"x") for i in range(40)]
+                            7, 2, 1, 1, 0, 0, 0, b"x", 0, 0, 0) for i in range(40)]
     for trial in range(300):
         out = bytearray()
         busy_at = rng.randrange(60)

@@ -157,6 +157,11 @@ family = st.one_of(st.sampled_from([4, 6]), st.sampled_from([4, 6]), U8)
 state_num = st.one_of(st.sampled_from(NAMED_STATES), st.sampled_from(NAMED_STATES), U8)
 
 
+# cgroup id, netns, uid: unknown (0, NONE_U32), the root cgroup (1), anything
+where = st.tuples(st.one_of(st.sampled_from([0, 1]), U64), U32S,
+                  st.one_of(st.just(wire.NONE_U32), U32S))
+
+
 @st.composite
 def state_body(draw):
     fam = draw(family)
@@ -165,7 +170,7 @@ def state_body(draw):
         draw(addr(fam)), draw(addr(fam)), draw(U16), draw(U16), fam,
         draw(state_num), draw(state_num), draw(mostly(wire.OWNER_FROM)),
         draw(mostly(wire.ROLE)), draw(U8), draw(mostly(wire.REASON)), draw(mostly(wire.VIA)),
-        draw(comm))
+        draw(comm), *draw(where))
 
 
 @st.composite
@@ -182,7 +187,8 @@ def closed_body(draw):
         draw(st.integers(-(1 << 31), (1 << 31) - 1)), fam,
         draw(mostly(wire.OWNER_FROM)), draw(mostly(wire.ROLE)), draw(U8),
         draw(mostly(wire.END)), draw(mostly(wire.REASON)), plen, draw(U8),
-        bytes(path).ljust(wire.PATH_LEN, b"\0"), draw(comm))
+        bytes(path).ljust(wire.PATH_LEN, b"\0"), draw(comm), *draw(where),
+        *draw(st.tuples(U64, U64, U32S, U32S, U32S, U32S, U32S, U32S)))
 
 
 def frame(body, length=None, flags=0, page=0):
@@ -243,13 +249,23 @@ random_span = st.binary(max_size=3000)
 # -- helpers ---------------------------------------------------------------------
 
 _configured = []
+_fmt_ctx = records.Formatter(OFFSET)     # resolves cgroups as the C path's caller does
+_cgroups = {}
 
 
 def c_format(span):
+    """_fmt.format as bpf_backend.read_ndjson calls it: the cgroups it
+    reports missing resolved, handed over, asked again."""
     if not _configured:
-        _fmt.configure(*records.native_config(records.Formatter(OFFSET)))
+        _fmt.configure(*records.native_config(_fmt_ctx, cgroups=_cgroups))
         _configured.append(True)
-    return _fmt.format(span)
+    out, bad, missing = _fmt.format(span)
+    while missing:
+        for cid in missing:
+            _cgroups[cid] = _fmt_ctx.where(0, 0, cid)[2:]
+        _fmt.configure(*records.native_config(_fmt_ctx, cgroups=_cgroups))
+        out, bad, missing = _fmt.format(span)
+    return out, bad
 
 
 def py_format(span):
@@ -356,7 +372,7 @@ def test_known_undecodable_cases():
     (where the framing still holds) still prints."""
     good = frame(wire.STATE.pack(wire.KIND_STATE, 7, 10**12, 1, 5, bytes(16), bytes(16), 1, 2,
                                  4, states.SYN_SENT, states.ESTABLISHED, 1, 1, 1, 0, 0,
-                                 b"curl"))
+                                 b"curl", 0, 0, 0))
     body = good[8:8 + wire.STATE.size]
     cases = {
         "truncated": frame(body[:50]),
@@ -440,7 +456,8 @@ def ring_case(draw):
                                    st.sampled_from([0, 0, 0, BUSY, DISCARD])),
                          min_size=1, max_size=14))
     start = draw(st.integers(0, 8192 // 8)) * 8 + draw(st.sampled_from([0, 1 << 32, 1 << 40]))
-    cap = draw(st.sampled_from([None, 256, 400, 1000]))
+    # a cap holds at least one record of the largest kind (its 8-byte header too)
+    cap = draw(st.sampled_from([None, wire.CLOSED.size + 8, 400, 1000]))
     native = draw(st.booleans())
     return recs, start, cap, native
 
@@ -504,7 +521,9 @@ def _backend(spans):
     b._rb = _Spans(spans)
     b.counters = lambda: dict.fromkeys(wire.LOSS_COUNTERS, 0)   # no kernel here
     if _fmt is not None:
-        _fmt.configure(*records.native_config(b._fmt))
+        b._cgroups = {}
+        b._configure = _fmt.configure
+        b._configure(*records.native_config(b._fmt))
         _configured.clear()
         b._native = _fmt.format
     return b

@@ -126,12 +126,15 @@ class FakeProc:
                 f.write(text)
             os.replace(path + ".tmp", path)
 
-    def process(self, pid, comm, inodes):
-        """A process holding these socket inodes."""
+    def process(self, pid, comm, inodes, cgroup=None):
+        """A process holding these socket inodes (in this cgroup v2 path)."""
         fd = os.path.join(self.root, str(pid), "fd")
         os.makedirs(fd, exist_ok=True)
         with open(os.path.join(self.root, str(pid), "comm"), "w") as f:
             f.write(comm + "\n")
+        if cgroup is not None:
+            with open(os.path.join(self.root, str(pid), "cgroup"), "w") as f:
+                f.write("1:name=systemd:/\n0::%s\n" % cgroup)
         have = len(os.listdir(fd))
         for n, ino in enumerate(inodes, start=have + 3):
             os.symlink("socket:[%d]" % ino, os.path.join(fd, str(n)))
@@ -157,6 +160,10 @@ def sock(laddr, lport, raddr, rport, state, **kw):
 
 LISTENER = sock("0.0.0.0", 8080, "0.0.0.0", 0, "LISTEN", inode=500)
 CLIENT = sock("10.0.0.2", 40000, "10.0.0.1", 443, "ESTABLISHED", inode=501)
+
+
+NO_HEALTH = dict.fromkeys(("bytes_sent", "bytes_received", "segs_out", "segs_in", "retrans",
+                           "rtt_us", "rttvar_us", "syn_retrans"))
 
 
 def backend(fake, clock=None, **kw):
@@ -231,7 +238,8 @@ def test_baseline_is_silent_but_remembered(fake, clock):
 def test_new_socket_exact_record(fake, clock):
     fake.write([LISTENER])
     b = backend(fake, clock).open()
-    fake.process(4242, "curl", [501])
+    cid = "0123456789abcdef" * 4
+    fake.process(4242, "curl", [501], cgroup="/system.slice/docker-%s.scope" % cid)
     fake.write([LISTENER, CLIENT])
     t = clock.tick()
     out = poll(b)
@@ -241,6 +249,8 @@ def test_new_socket_exact_record(fake, clock):
         "old": "CLOSE", "new": "ESTABLISHED",       # never seen in SYN_SENT: not invented
         "in_old_ns": None, "lower_bound": False,
         "pid": 4242, "comm": "curl", "owner_from": "proc", "role": "client",
+        "netns": None, "uid": 1000, "cgroup": "/system.slice/docker-%s.scope" % cid,
+        "container": cid, "unit": "docker-%s.scope" % cid,
         "via": None, "reason": None, "source": "proc", "approx": True}]
     assert abs(t - time.monotonic_ns()) < 5 * S
 
@@ -273,11 +283,14 @@ def test_change_and_disappearance(fake, clock):
         "type": "closed", "ts": b._fmt.ts(t4), "conn": conn, "family": 4,
         "laddr": "10.0.0.2", "lport": 40000, "raddr": "10.0.0.1", "rport": 443,
         "pid": 9, "comm": "app", "owner_from": "proc", "role": "client",
+        "netns": None, "uid": 1000, "cgroup": None, "container": None, "unit": None,
         "start_ts": b._fmt.ts(t1), "lifetime_ns": t4 - t1,
         "states": no_states(ESTABLISHED=2 * S, CLOSE_WAIT=S // 2, LAST_ACK=S // 4),
         "path": ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"],
-        "closed_first": "remote", "end": "normal", "error": None, "reason": None,
-        "lower_bound": False, "source": "proc", "approx": True}
+        "closed_first": "remote", "end": "normal", "error": None, "reset": None,
+        "reason": None, "lower_bound": False, "bytes_sent": None, "bytes_received": None,
+        "segs_out": None, "segs_in": None, "retrans": None, "rtt_us": None,
+        "rttvar_us": None, "syn_retrans": None, "source": "proc", "approx": True}
     assert b.read() == [] and b.sockets() == []
 
 
@@ -307,7 +320,8 @@ def test_full_client_connection(fake, clock):
     conn = out[0]["conn"]
     common = {"conn": conn, "family": 4, "laddr": "10.0.0.2", "lport": 40000,
               "raddr": "10.0.0.1", "rport": 443, "pid": 4242, "comm": "curl",
-              "owner_from": "proc", "role": "client"}
+              "owner_from": "proc", "role": "client", "netns": None, "uid": 1000,
+              "cgroup": None, "container": None, "unit": None}
     want = [("CLOSE", "SYN_SENT", None, t1, None),
             ("SYN_SENT", "ESTABLISHED", S, t2, None),
             ("ESTABLISHED", "FIN_WAIT1", S, t3, None),
@@ -327,8 +341,8 @@ def test_full_client_connection(fake, clock):
         states=no_states(SYN_SENT=S, ESTABLISHED=S, FIN_WAIT1=S, FIN_WAIT2=S // 2,
                          TIME_WAIT=t6 - entry),
         path=["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE"],
-        closed_first="local", end="normal", error=None, reason="expired",
-        lower_bound=False, source="proc", approx=True)
+        closed_first="local", end="normal", error=None, reset=None, reason="expired",
+        lower_bound=False, source="proc", approx=True, **NO_HEALTH)
     assert list(closed) == list(spec.names("closed"))
     assert sum(closed["states"].values()) == closed["lifetime_ns"]
     # the exit report's figures
@@ -441,15 +455,19 @@ def test_time_wait_in_baseline_is_dated_by_its_timer(fake, clock):
         "laddr": "10.0.0.2", "lport": 40001, "raddr": "10.0.0.1", "rport": 443,
         "old": "TIME_WAIT", "new": "CLOSE", "in_old_ns": t2 - entry, "lower_bound": True,
         "pid": None, "comm": None, "owner_from": "unknown", "role": "client",
+        "netns": None, "uid": None, "cgroup": None, "container": None, "unit": None,
         "via": None, "reason": "expired", "source": "proc", "approx": True}
     assert closed == {
         "type": "closed", "ts": b._fmt.ts(t2), "conn": s["conn"], "family": 4,
         "laddr": "10.0.0.2", "lport": 40001, "raddr": "10.0.0.1", "rport": 443,
         "pid": None, "comm": None, "owner_from": "unknown", "role": "client",
+        "netns": None, "uid": None, "cgroup": None, "container": None, "unit": None,
         "start_ts": b._fmt.ts(entry), "lifetime_ns": t2 - entry,
         "states": no_states(TIME_WAIT=t2 - entry), "path": ["TIME_WAIT", "CLOSE"],
-        "closed_first": None, "end": "normal", "error": None, "reason": "expired",
-        "lower_bound": True, "source": "proc", "approx": True}
+        "closed_first": None, "end": "normal", "error": None, "reset": None,
+        "reason": "expired", "lower_bound": True, "bytes_sent": None, "bytes_received": None,
+        "segs_out": None, "segs_in": None, "retrans": None, "rtt_us": None,
+        "rttvar_us": None, "syn_retrans": None, "source": "proc", "approx": True}
     assert b.report()["durations"] == {}             # a lower bound: not a duration
 
 

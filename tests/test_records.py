@@ -18,23 +18,29 @@ HDR = struct.Struct("<II")
 
 def state_raw(ts, conn, old, new, *, in_old=None, family=4, saddr=V4 + bytes([127, 0, 0, 1]),
               daddr=V4 + bytes([127, 0, 0, 2]), sport=40000, dport=80, pid=100,
-              comm=b"curl", owner=1, role=1, flags=0, reason=0, via=0):
+              comm=b"curl", owner=1, role=1, flags=0, reason=0, via=0, cgroup=0, netns=0,
+              uid=wire.NONE_U32):
     if in_old is not None:
         flags |= wire.FLAGS["in_old"]
     return wire.STATE.pack(wire.KIND_STATE, pid, ts, conn, in_old or 0, saddr, daddr, sport,
-                           dport, family, N[old], N[new], owner, role, flags, reason, via, comm)
+                           dport, family, N[old], N[new], owner, role, flags, reason, via, comm,
+                           cgroup, netns, uid)
 
 
 def closed_raw(ts, conn, start, path, spent=None, *, error=0, end=0, reason=0, flags=0,
-               pid=100, comm=b"curl", role=1, family=4):
+               pid=100, comm=b"curl", role=1, family=4, cgroup=0, netns=0, uid=wire.NONE_U32,
+               health=None):
     sp = [0] * wire.NR_STATES
     for name, ns in (spent or {}).items():
         sp[N[name]] = ns
     nums = bytes(N[p] for p in path)
+    if health is not None:
+        flags |= wire.FLAGS["health"]
     return wire.CLOSED.pack(wire.KIND_CLOSED, pid, ts, conn, start, *sp,
                             V4 + bytes([127, 0, 0, 1]), V4 + bytes([127, 0, 0, 2]), 40000, 80,
                             error, family, 1, role, flags, end, reason, len(path), 0,
-                            nums.ljust(wire.PATH_LEN, b"\0"), comm)
+                            nums.ljust(wire.PATH_LEN, b"\0"), comm, cgroup, netns, uid,
+                            *(health or (0,) * 7 + (wire.NONE_U32,)))
 
 
 def ring(*recs, discard=(), busy=()):
@@ -65,7 +71,8 @@ def test_state_record_fields_and_formats(validator):
         "family": 6, "laddr": "::1", "lport": 40000, "raddr": "::ffff:10.0.0.1",
         "rport": 80, "old": "SYN_SENT", "new": "ESTABLISHED", "in_old_ns": 1234,
         "lower_bound": False, "pid": 100, "comm": "curl", "owner_from": "connect",
-        "role": "client", "via": None, "reason": None, "source": "bpf", "approx": False}
+        "role": "client", "netns": None, "uid": None, "cgroup": None, "container": None,
+        "unit": None, "via": None, "reason": None, "source": "bpf", "approx": False}
     assert list(rec) == list(spec.names("state"))
     validator.validate(rec)
 
@@ -171,3 +178,40 @@ def test_filters():
     # what the kernel cannot decide for its own records
     assert not Filter(family=4, ports={80}, types={"state"}).narrows_records
     assert Filter(pids={1}).narrows_records and Filter(comms={"x"}).narrows_records
+
+
+class _Cgroups:
+    def describe(self, cid):
+        return {7: ("/system.slice/docker-%s.scope" % ("ab" * 32), "ab" * 32,
+                    "docker-%s.scope" % ("ab" * 32))}.get(cid, (None, None, None))
+
+
+def test_closed_context_health_and_reset(validator):
+    """A closed record's context (netns, uid, cgroup and what is read from its
+    path), health and who reset it, from the kernel's numbers and flags."""
+    fmt = records.Formatter(0)
+    fmt.context = _Cgroups()
+    path = ["SYN_SENT", "ESTABLISHED"]
+    rst = wire.FLAGS["rst_sent"]
+    span = ring(
+        closed_raw(10, 1, 5, path, cgroup=7, netns=4026531840, uid=1000, flags=rst,
+                   health=(5000, 300, 9, 8, 2, 31, 15, 1)),
+        closed_raw(10, 2, 5, path, uid=0, flags=wire.FLAGS["rst_recv"] | rst,
+                   health=(0, 0, 1, 1, 0, 0, 0, wire.NONE_U32)),
+        closed_raw(10, 3, 5, path, cgroup=8, flags=wire.FLAGS["rst_recv"]),
+        state_raw(10, 4, "SYN_SENT", "ESTABLISHED", cgroup=7, netns=5, uid=0))
+    (a, b, c, st), bad = records.decode(fmt, span)
+    assert bad == 0
+    cid = "ab" * 32
+    assert {k: a[k] for k in ("netns", "uid", "cgroup", "container", "unit", "reset")} == {
+        "netns": 4026531840, "uid": 1000, "cgroup": "/system.slice/docker-%s.scope" % cid,
+        "container": cid, "unit": "docker-%s.scope" % cid, "reset": "sent"}
+    assert [a[k] for k in ("bytes_sent", "bytes_received", "segs_out", "segs_in", "retrans",
+                           "rtt_us", "rttvar_us", "syn_retrans")] == [5000, 300, 9, 8, 2, 31,
+                                                                      15, 1]
+    assert (b["reset"], b["uid"], b["syn_retrans"], b["bytes_sent"]) == ("both", 0, None, 0)
+    assert (c["reset"], c["cgroup"], c["bytes_sent"], c["syn_retrans"], c["uid"]) == (
+        "received", None, None, None, None)
+    assert (st["netns"], st["uid"], st["container"]) == (5, 0, cid)
+    for rec in (a, b, c, st):
+        validator.validate(rec)

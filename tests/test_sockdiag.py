@@ -104,7 +104,7 @@ def time_wait_pair(closing):
     key = tuple_of(c)
     c.close()
     wait_for(
-        lambda: index(dump((4,))).get(key, DiagSocket(*[0] * 14)).state
+        lambda: index(dump((4,))).get(key, DiagSocket(*[0] * 15)).state
         in (NUMBERS["FIN_WAIT2"], NUMBERS["TIME_WAIT"]),
         "the client's FIN_WAIT2",
     )
@@ -354,6 +354,41 @@ def test_info_last_data_recv(lo, closing):
     assert index(dump())[tuple_of(c)].last_data_recv_ms is None
 
 
+def test_info_health_exact_bytes(lo):
+    """A transfer of known sizes each way: sock_diag's tcp_info gives the
+    exact byte counts on both ends, and the same figures TCP_INFO gives on
+    the socket itself.  A client's bytes_acked counts its SYN too (its
+    sequence number: tcp_snd_una_update), so it is the payload plus one; an
+    accepted socket starts past it, and bytes_received after the peer's
+    SYN."""
+    c, a = lo["c"], lo["a"]
+    c.sendall(b"x" * 100_000)
+    got = 0
+    while got < 100_000:
+        got += len(a.recv(65536))
+    a.sendall(b"y" * 7_000)
+    got = 0
+    while got < 7_000:
+        got += len(c.recv(65536))
+
+    def settled():
+        by = index(dump(info=True))
+        sc, sa = by[tuple_of(c)].health, by[tuple_of(a)].health
+        return (sc, sa) if sc[0] == 100_001 and sa[0] == 7_000 else None
+    sc, sa = wait_for(settled, "both ends' data acknowledged")
+    names = dict(zip(sockdiag.HEALTH, sc)), dict(zip(sockdiag.HEALTH, sa))
+    assert (names[0]["bytes_acked"], names[0]["bytes_received"]) == (100_001, 7_000)
+    assert (names[1]["bytes_acked"], names[1]["bytes_received"]) == (7_000, 100_000)
+    for side, h in zip((c, a), names):
+        assert h["segs_out"] > 0 and h["segs_in"] > 0 and h["rtt_us"] > 0
+        assert h["total_retrans"] == 0
+        raw = side.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        acked, received = struct.unpack_from("=QQ", raw, 120)
+        assert (acked, received) == (h["bytes_acked"], h["bytes_received"])
+    # a listener and a request have none worth reading; without info, none
+    assert index(dump())[tuple_of(c)].health is None
+
+
 def test_short_tcp_info_gives_none():
     # An older kernel's shorter struct tcp_info (here 44 bytes: up to
     # tcpi_fackets) has no tcpi_last_data_recv.
@@ -439,7 +474,7 @@ def check_error(buf, match=None):
 def test_handmade_message():
     [s] = parse(message() + DONE)
     assert s == DiagSocket(4, "127.0.0.1", 50920, "192.168.1.2", 22, 1,
-                           42 | 1 << 32, 4242, 1000, 2, 10000, 0, 5, None)
+                           42 | 1 << 32, 4242, 1000, 2, 10000, 0, 5, None, None)
     assert s._asdict()["cookie"] == 0x10000002A
     assert pickle.loads(pickle.dumps(s)) == s
     assert "cookie=4294967338" in repr(s)
@@ -588,7 +623,7 @@ def test_fuzz_truncations_and_corruptions(capture):
                 msg = str(e)
                 assert msg.startswith("sock_diag: ") and "\n" not in msg
             else:
-                assert all(type(s) is DiagSocket and len(s) == 14 for s in res)
+                assert all(type(s) is DiagSocket and len(s) == 15 for s in res)
     # pure random bytes
     for _ in range(500):
         junk = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))

@@ -83,7 +83,8 @@ def test_every_header_field_is_decoded(struct_name):
 
 
 def test_enums_come_from_the_header():
-    assert wire.OWNER_FROM == {0: "unknown", 1: "connect", 2: "listen", 3: "listener", 4: "proc"}
+    assert wire.OWNER_FROM == {0: "unknown", 1: "connect", 2: "listen", 3: "listener", 4: "proc",
+                               5: "accept"}
     assert wire.REASON == {0: "none", 1: "expired", 2: "reused", 3: "killed"}
     assert wire.VIA == {0: "kernel", 1: "timer", 2: "peer"}
     assert wire.ROLE == {0: "unknown", 1: "client", 2: "server", 3: "listener"}

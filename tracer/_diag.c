@@ -46,7 +46,17 @@
 #define INET_DIAG_INFO 2
 #define NLA_TYPE_MASK 0x3FFF
 #define TCPI_LAST_DATA_RECV 52
-#define NFIELDS 14
+#define NFIELDS 15
+/* struct tcp_info (include/uapi/linux/tcp.h): what a socket's health is
+ * read from, as sockdiag._HEALTH reads it */
+#define TCPI_RTT 68
+#define TCPI_RTTVAR 72
+#define TCPI_TOTAL_RETRANS 100
+#define TCPI_BYTES_ACKED 120
+#define TCPI_BYTES_RECEIVED 128
+#define TCPI_SEGS_OUT 136
+#define TCPI_SEGS_IN 140
+#define TCPI_HEALTH_LEN 144
 #define SLOTS 64            /* per-call address memo, direct-mapped */
 
 static uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -107,7 +117,7 @@ static void ctx_clear(struct ctx *c)
 
 /* One socket: cls(fields), appended to out.  0, or -1 with an exception. */
 static int append_socket(struct ctx *c, PyTypeObject *cls, PyObject *out,
-                         const unsigned char *m, PyObject *ldr)
+                         const unsigned char *m, PyObject *ldr, PyObject *health)
 {
     int v6 = m[16] == AF_INET6;
     PyObject *laddr = addr_text(c, v6, m + 24);
@@ -126,11 +136,12 @@ static int append_socket(struct ctx *c, PyTypeObject *cls, PyObject *out,
         PyLong_FromUnsignedLongLong(cookie), PyLong_FromUnsignedLong(rd32(m + 84)),
         PyLong_FromUnsignedLong(rd32(m + 80)), PyLong_FromLong(m[18]),
         PyLong_FromUnsignedLong(rd32(m + 68)), PyLong_FromUnsignedLong(rd32(m + 72)),
-        PyLong_FromUnsignedLong(rd32(m + 76)), ldr,
+        PyLong_FromUnsignedLong(rd32(m + 76)), ldr, health,
     };
     Py_INCREF(laddr);
     Py_INCREF(raddr);
     Py_INCREF(ldr);
+    Py_INCREF(health);
     int bad = 0;
     for (int i = 0; i < NFIELDS; i++) {
         if (v[i] == NULL)
@@ -160,29 +171,56 @@ static int walk(struct ctx *c, PyTypeObject *cls, PyObject *out,
         if (type == T_BY_FAMILY) {
             if (mlen < MSG_LEN || (m[16] != AF_INET && m[16] != AF_INET6))
                 return -2;
-            PyObject *ldr = Py_None;
-            PyObject *own = NULL;
+            PyObject *ldr = Py_None, *health = Py_None;
+            PyObject *own = NULL, *own_health = NULL;
             if (info) {
                 Py_ssize_t a = MSG_LEN;
                 while (a < (Py_ssize_t)mlen) {
-                    if (mlen - a < 4)
+                    uint16_t alen = 0, atype = 0;
+                    if (mlen - a >= 4) {
+                        alen = rd16(m + a);
+                        atype = rd16(m + a + 2);
+                    }
+                    if (alen < 4 || alen > mlen - a) {
+                        Py_XDECREF(own);
+                        Py_XDECREF(own_health);
                         return -2;
-                    uint16_t alen = rd16(m + a), atype = rd16(m + a + 2);
-                    if (alen < 4 || alen > mlen - a)
-                        return -2;
+                    }
                     if ((atype & NLA_TYPE_MASK) == INET_DIAG_INFO &&
                         alen >= 4 + TCPI_LAST_DATA_RECV + 4) {
+                        const unsigned char *ti = m + a + 4;
                         Py_XDECREF(own);
-                        own = PyLong_FromUnsignedLong(rd32(m + a + 4 + TCPI_LAST_DATA_RECV));
+                        Py_CLEAR(own_health);
+                        health = Py_None;
+                        own = PyLong_FromUnsignedLong(rd32(ti + TCPI_LAST_DATA_RECV));
                         if (own == NULL)
                             return -1;
                         ldr = own;
+                        if (alen >= 4 + TCPI_HEALTH_LEN) {
+                            uint64_t acked, received;
+                            memcpy(&acked, ti + TCPI_BYTES_ACKED, 8);
+                            memcpy(&received, ti + TCPI_BYTES_RECEIVED, 8);
+                            own_health = Py_BuildValue(
+                                "(KKkkkkk)", (unsigned long long)acked,
+                                (unsigned long long)received,
+                                (unsigned long)rd32(ti + TCPI_SEGS_OUT),
+                                (unsigned long)rd32(ti + TCPI_SEGS_IN),
+                                (unsigned long)rd32(ti + TCPI_TOTAL_RETRANS),
+                                (unsigned long)rd32(ti + TCPI_RTT),
+                                (unsigned long)rd32(ti + TCPI_RTTVAR));
+                            if (own_health == NULL) {
+                                Py_DECREF(own);
+                                return -1;
+                            }
+                            health = own_health;
+                        }
                     }
                     a += (alen + 3) & ~3;
                 }
             }
-            int r = append_socket(c, cls, out, m, ldr);
+            int r = append_socket(c, cls, out, m, ldr, health);
             Py_XDECREF(own);
+            Py_XDECREF(own_health);
             if (r < 0)
                 return -1;
         } else if (type == T_DONE) {

@@ -31,10 +31,14 @@
  *                     "states" object of a closed record in order
  *                     (records._TIMED), names unique
  *       "source"      str, the "source" field ("bpf")
+ *       "cgroups"     optional: {int id: (path, container, unit)}, each
+ *                     str|None: a record's cgroup context, as
+ *                     records.Formatter.where resolves it (Python owns the
+ *                     resolving: a cgroup's path is in the file system)
  *     A call replaces the whole configuration, or on error leaves the old
  *     one in place.
  *
- * format(span) -> (bytes, int)
+ * format(span) -> (bytes, int, tuple of ints)
  *     span is any C-contiguous bytes-like object; returns the NDJSON lines
  *     of its records and how many records could not be read.  Walks the
  *     span as records.walk does: 8-byte header (u32 length with BUSY bit 31
@@ -44,7 +48,11 @@
  *     struct's size, or which runs past the end, is counted.  So is a record
  *     the Python reference raises on (a state number past the table, an
  *     enum value or family it has no name for): see "records" below.
- *     Spans of 16 KiB and more are formatted without the GIL.
+ *     Spans of 16 KiB and more are formatted without the GIL.  A record
+ *     whose cgroup id (not 0) is not in "cgroups" stops it: it returns
+ *     (b"", 0, those ids), and the caller configures again with them and
+ *     asks again (new cgroups are rare: a per-record call into Python is
+ *     what this module is there to avoid).
  *
  * _bounds() -> (state, closed): the longest line of each record type the
  *     current configuration allows, for the tests (output buffers are sized
@@ -68,8 +76,9 @@
 #define TOK_MAX		256		/* longest name configure() takes, as JSON */
 #define TIMED_MAX	64
 #define NOGIL_MIN	16384		/* spans smaller than this keep the GIL */
-#define STATE_FIXED	640
-#define CLOSED_FIXED	800
+#define STATE_FIXED	800
+#define CLOSED_FIXED	1200
+#define MISSING_MAX	64		/* unknown cgroup ids one format() reports */
 
 /* ---- configuration ------------------------------------------------------- */
 
@@ -90,6 +99,11 @@ typedef struct {
 	uint32_t timed_off[TIMED_MAX];	/* '{"NAME":' or ',"NAME":' */
 	uint16_t timed_len[TIMED_MAX];
 	uint32_t tail_off, tail_len;	/* ',"source":"bpf","approx":false}\n' */
+	/* cgroup id -> ',"cgroup":..,"container":..,"unit":..' (open addressing;
+	 * id 0, unknown, is never in it) */
+	struct cg_entry { uint64_t id; uint32_t off, len; } *cg;
+	uint32_t cg_mask;		/* slots - 1; no table: cg NULL */
+	uint32_t cg_maxlen;
 	size_t state_max, closed_max;	/* bounds on one record's line */
 	char *arena;
 	size_t arena_len, arena_cap;
@@ -100,6 +114,7 @@ static Config *current;
 static void config_free(Config *c)
 {
 	if (c) {
+		PyMem_Free(c->cg);
 		PyMem_Free(c->arena);
 		PyMem_Free(c);
 	}
@@ -329,9 +344,110 @@ fail:
 	return -1;
 }
 
+/* One str (or None) as JSON appended to the arena, any length (a cgroup
+ * path can be long), escaped as orjson escapes it. */
+static int put_json_long(Config *c, PyObject *v)
+{
+	const char *s;
+	Py_ssize_t n;
+	char *tmp, *w;
+	int r;
+
+	if (v == Py_None)
+		return arena_put(c, "null", 4);
+	if (!PyUnicode_Check(v)) {
+		PyErr_Format(PyExc_TypeError, "cgroups: str or None, not %R", v);
+		return -1;
+	}
+	if (!(s = PyUnicode_AsUTF8AndSize(v, &n)))
+		return -1;
+	if (n > 65536) {
+		PyErr_SetString(PyExc_ValueError, "cgroups: a name over 64 KiB");
+		return -1;
+	}
+	if (!(tmp = PyMem_Malloc(6 * n + 2)))
+		return (PyErr_NoMemory(), -1);
+	w = tmp;
+	*w++ = '"';
+	for (Py_ssize_t i = 0; i < n; i++)
+		w = put_escaped(w, (unsigned char)s[i]);
+	*w++ = '"';
+	r = arena_put(c, tmp, w - tmp);
+	PyMem_Free(tmp);
+	return r;
+}
+
+static const char *const CG_KEYS[3] = {",\"cgroup\":", ",\"container\":", ",\"unit\":"};
+
+/* {int id: (path, container, unit)} -> the cgroup table */
+static int parse_cgroups(Config *c, PyObject *m)
+{
+	PyObject *items;
+	Py_ssize_t n;
+	uint32_t slots = 16;
+
+	if (!m)
+		return 0;
+	if (!(items = PyMapping_Items(m)))
+		return -1;
+	n = PyList_GET_SIZE(items);
+	while (slots < 2 * (uint64_t)n + 1)
+		slots *= 2;
+	if (!(c->cg = PyMem_Calloc(slots, sizeof(*c->cg)))) {
+		Py_DECREF(items);
+		return (PyErr_NoMemory(), -1);
+	}
+	c->cg_mask = slots - 1;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *kv = PyList_GET_ITEM(items, i), *k = PyTuple_GET_ITEM(kv, 0);
+		PyObject *t = PyTuple_GET_ITEM(kv, 1);
+		uint64_t id = PyLong_Check(k) ? PyLong_AsUnsignedLongLong(k) : 0;
+		size_t start = c->arena_len;
+		uint32_t h;
+
+		if (PyErr_Occurred() || !id) {
+			PyErr_Clear();
+			PyErr_Format(PyExc_ValueError, "cgroups: %R is no cgroup id", k);
+			goto fail;
+		}
+		if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+			PyErr_SetString(PyExc_TypeError, "cgroups: (path, container, unit)");
+			goto fail;
+		}
+		for (int j = 0; j < 3; j++)
+			if (arena_put(c, CG_KEYS[j], strlen(CG_KEYS[j])) < 0 ||
+			    put_json_long(c, PyTuple_GET_ITEM(t, j)) < 0)
+				goto fail;
+		for (h = (uint32_t)(id * 0x9E3779B97F4A7C15ULL >> 32) & c->cg_mask;
+		     c->cg[h].id && c->cg[h].id != id; h = (h + 1) & c->cg_mask)
+			;
+		c->cg[h].id = id;
+		c->cg[h].off = (uint32_t)start;
+		c->cg[h].len = (uint32_t)(c->arena_len - start);
+		if (c->cg[h].len > c->cg_maxlen)
+			c->cg_maxlen = c->cg[h].len;
+	}
+	Py_DECREF(items);
+	return 0;
+fail:
+	Py_DECREF(items);
+	return -1;
+}
+
+static const struct cg_entry *cg_find(const Config *c, uint64_t id)
+{
+	if (!c->cg)
+		return NULL;
+	for (uint32_t h = (uint32_t)(id * 0x9E3779B97F4A7C15ULL >> 32) & c->cg_mask;
+	     c->cg[h].id; h = (h + 1) & c->cg_mask)
+		if (c->cg[h].id == id)
+			return &c->cg[h];
+	return NULL;
+}
+
 static const char *const TABLE_KEYS[] = {
 	"states", "owner_from", "role", "reason", "via", "end", "errno", "timed",
-	"source", NULL,
+	"source", "cgroups", NULL,
 };
 
 static PyObject *fmt_configure(PyObject *self, PyObject *args)
@@ -360,7 +476,8 @@ static PyObject *fmt_configure(PyObject *self, PyObject *args)
 			return NULL;
 		}
 	}
-	for (int i = 0; TABLE_KEYS[i]; i++)
+	/* cgroups is optional: no table, every id unknown */
+	for (int i = 0; TABLE_KEYS[i + 1]; i++)
 		if (!PyDict_GetItemString(tables, TABLE_KEYS[i])) {
 			PyErr_Format(PyExc_KeyError, "configure: no table %s", TABLE_KEYS[i]);
 			return NULL;
@@ -386,7 +503,8 @@ static PyObject *fmt_configure(PyObject *self, PyObject *args)
 	    parse_map(c, &c->via, TABLE("via"), "via", 0) < 0 ||
 	    parse_map(c, &c->end, TABLE("end"), "end", 0) < 0 ||
 	    parse_map(c, &c->err, TABLE("errno"), "errno", 1) < 0 ||
-	    parse_timed(c, TABLE("timed")) < 0)
+	    parse_timed(c, TABLE("timed")) < 0 ||
+	    parse_cgroups(c, TABLE("cgroups")) < 0)
 		goto fail;
 	v = TABLE("source");
 	if (!PyUnicode_Check(v)) {
@@ -416,8 +534,9 @@ static PyObject *fmt_configure(PyObject *self, PyObject *args)
 				maxtok = tabs[t]->len[i];
 	for (int i = 0; i < c->ntimed; i++)
 		timed += c->timed_len[i] + 20;
-	c->state_max = STATE_FIXED + 6 * maxtok + c->tail_len;
-	c->closed_max = CLOSED_FIXED + 21 * (maxtok + 1) + timed + c->tail_len;
+	/* and the context of a cgroup, at its longest */
+	c->state_max = STATE_FIXED + 6 * maxtok + c->tail_len + c->cg_maxlen;
+	c->closed_max = CLOSED_FIXED + 21 * (maxtok + 1) + timed + c->tail_len + c->cg_maxlen;
 
 	config_decref(current);
 	current = c;
@@ -658,6 +777,36 @@ static char *put_owner(char *w, const Config *c, __u32 pid, const char *comm,
 	return put_tok(w, c, &c->role, role);
 }
 
+/* cgroup ids format() met that the table does not hold */
+typedef struct {
+	uint64_t ids[MISSING_MAX];
+	int n;
+} Missing;
+
+/* records.Formatter.where: netns, uid, and the cgroup's three fields. */
+static char *put_where(char *w, const Config *c, Missing *miss, __u32 netns, __u32 uid,
+		       __u64 cgroup)
+{
+	const struct cg_entry *e;
+
+	w = LIT(w, ",\"netns\":");
+	w = netns ? put_u64(w, netns) : LIT(w, "null");
+	w = LIT(w, ",\"uid\":");
+	w = uid != ST_NONE_U32 ? put_u64(w, uid) : LIT(w, "null");
+	if (cgroup && (e = cg_find(c, cgroup)))
+		return put(w, c->arena + e->off, e->len);
+	if (cgroup) {
+		/* to be resolved by the caller, who then asks again */
+		int i = 0;
+
+		while (i < miss->n && miss->ids[i] != cgroup)
+			i++;
+		if (i == miss->n && miss->n < MISSING_MAX)
+			miss->ids[miss->n++] = cgroup;
+	}
+	return LIT(w, ",\"cgroup\":null,\"container\":null,\"unit\":null");
+}
+
 /* "ts", "conn" and the 4-tuple, common to both records. */
 static char *put_head(char *w, const Config *c, TsSlot *tc, __u64 ts, __u64 conn,
 		      int family, const __u8 *saddr, __u16 sport,
@@ -682,7 +831,8 @@ static char *put_head(char *w, const Config *c, TsSlot *tc, __u64 ts, __u64 conn
 }
 
 /* records.state */
-static char *put_state(char *w, const Config *c, TsSlot *tc, const struct st_state *r)
+static char *put_state(char *w, const Config *c, TsSlot *tc, Missing *miss,
+		       const struct st_state *r)
 {
 	if ((r->family != 4 && r->family != 6) ||
 	    !c->states.len[r->oldstate] || !c->states.len[r->newstate] ||
@@ -706,6 +856,7 @@ static char *put_state(char *w, const Config *c, TsSlot *tc, const struct st_sta
 	w = LIT(w, ",\"lower_bound\":");
 	w = put_bool(w, r->flags & ST_F_LOWER);
 	w = put_owner(w, c, r->pid, r->comm, r->owner_from, r->role);
+	w = put_where(w, c, miss, r->netns, r->uid, r->cgroup);
 	w = LIT(w, ",\"via\":");
 	w = put_tok(w, c, &c->via, r->via);
 	w = LIT(w, ",\"reason\":");
@@ -714,7 +865,8 @@ static char *put_state(char *w, const Config *c, TsSlot *tc, const struct st_sta
 }
 
 /* records.closed */
-static char *put_closed(char *w, const Config *c, TsSlot *tc, const struct st_closed *r)
+static char *put_closed(char *w, const Config *c, TsSlot *tc, Missing *miss,
+			const struct st_closed *r)
 {
 	/* path[:path_len] of a 16-byte path, as Python slices it */
 	unsigned npath = r->path_len < ST_PATH_LEN ? r->path_len : ST_PATH_LEN;
@@ -733,6 +885,7 @@ static char *put_closed(char *w, const Config *c, TsSlot *tc, const struct st_cl
 			   r->saddr, r->sport, r->daddr, r->dport)))
 		return NULL;
 	w = put_owner(w, c, r->pid, r->comm, r->owner_from, r->role);
+	w = put_where(w, c, miss, r->netns, r->uid, r->cgroup);
 	w = LIT(w, ",\"start_ts\":");
 	if (!(w = put_ts(w, c, tc, r->start_ns)))
 		return NULL;
@@ -769,17 +922,45 @@ static char *put_closed(char *w, const Config *c, TsSlot *tc, const struct st_cl
 	} else {
 		w += sprintf(w, "\"E%d\"", (int)r->error);	/* errno_name's fallback */
 	}
+	/* records.reset_of */
+	w = LIT(w, ",\"reset\":");
+	if (r->flags & ST_F_RST_RECV)
+		w = r->flags & ST_F_RST_SENT ? LIT(w, "\"both\"") : LIT(w, "\"received\"");
+	else
+		w = r->flags & ST_F_RST_SENT ? LIT(w, "\"sent\"") : LIT(w, "null");
 	w = LIT(w, ",\"reason\":");
 	w = put_tok(w, c, &c->reason, r->reason);
 	w = LIT(w, ",\"lower_bound\":");
 	w = put_bool(w, r->flags & ST_F_LOWER);
+	if (r->flags & ST_F_HEALTH) {
+		w = LIT(w, ",\"bytes_sent\":");
+		w = put_u64(w, r->bytes_acked);
+		w = LIT(w, ",\"bytes_received\":");
+		w = put_u64(w, r->bytes_received);
+		w = LIT(w, ",\"segs_out\":");
+		w = put_u64(w, r->segs_out);
+		w = LIT(w, ",\"segs_in\":");
+		w = put_u64(w, r->segs_in);
+		w = LIT(w, ",\"retrans\":");
+		w = put_u64(w, r->retrans);
+		w = LIT(w, ",\"rtt_us\":");
+		w = put_u64(w, r->srtt_us);
+		w = LIT(w, ",\"rttvar_us\":");
+		w = put_u64(w, r->rttvar_us);
+		w = LIT(w, ",\"syn_retrans\":");
+		w = r->syn_retrans != ST_NONE_U32 ? put_u64(w, r->syn_retrans) : LIT(w, "null");
+	} else {
+		w = LIT(w, ",\"bytes_sent\":null,\"bytes_received\":null,\"segs_out\":null,"
+			"\"segs_in\":null,\"retrans\":null,\"rtt_us\":null,\"rttvar_us\":null,"
+			"\"syn_retrans\":null");
+	}
 	return put(w, c->arena + c->tail_off, c->tail_len);
 }
 
 /* records.walk + decode: the lines of the span's records, written at out
  * (room for out_bound() bytes); returns their length. */
 static size_t format_span(const Config *c, const unsigned char *p, size_t end,
-			  char *out, Py_ssize_t *bad)
+			  char *out, Py_ssize_t *bad, Missing *miss)
 {
 	TsSlot tc[TS_SLOTS];
 	char *w = out;
@@ -807,12 +988,12 @@ static size_t format_span(const Config *c, const unsigned char *p, size_t end,
 			struct st_state r;
 
 			memcpy(&r, p + body, sizeof(r));
-			next = put_state(w, c, tc, &r);
+			next = put_state(w, c, tc, miss, &r);
 		} else if (kind == ST_KIND_CLOSED && size == sizeof(struct st_closed)) {
 			struct st_closed r;
 
 			memcpy(&r, p + body, sizeof(r));
-			next = put_closed(w, c, tc, &r);
+			next = put_closed(w, c, tc, miss, &r);
 		}
 		if (next)
 			w = next;
@@ -855,6 +1036,7 @@ static PyObject *fmt_format(PyObject *self, PyObject *arg)
 	Config *c = current;
 	Py_ssize_t bad = 0, bound;
 	PyObject *bytes = NULL;
+	Missing miss;
 	char *out;
 	size_t n;
 	int use_scratch;
@@ -889,13 +1071,19 @@ static PyObject *fmt_format(PyObject *self, PyObject *arg)
 		PyBuffer_Release(&view);
 		return NULL;
 	}
+	miss.n = 0;
 	c->refs++;			/* a configure() meanwhile must not free it */
 	if (view.len >= NOGIL_MIN) {
 		Py_BEGIN_ALLOW_THREADS			/* view pins the span */
-		n = format_span(c, view.buf, view.len, out, &bad);
+		n = format_span(c, view.buf, view.len, out, &bad, &miss);
 		Py_END_ALLOW_THREADS
 	} else {
-		n = format_span(c, view.buf, view.len, out, &bad);
+		n = format_span(c, view.buf, view.len, out, &bad, &miss);
+	}
+	if (miss.n) {
+		/* nothing of it: the caller resolves these and asks again */
+		n = 0;
+		bad = 0;
 	}
 	config_decref(c);
 	PyBuffer_Release(&view);
@@ -907,7 +1095,22 @@ static PyObject *fmt_format(PyObject *self, PyObject *arg)
 	}
 	if (!bytes)
 		return NULL;
-	return Py_BuildValue("(Nn)", bytes, bad);
+	PyObject *ids = PyTuple_New(miss.n);
+	if (!ids) {
+		Py_DECREF(bytes);
+		return NULL;
+	}
+	for (int i = 0; i < miss.n; i++) {
+		PyObject *v = PyLong_FromUnsignedLongLong(miss.ids[i]);
+
+		if (!v) {
+			Py_DECREF(ids);
+			Py_DECREF(bytes);
+			return NULL;
+		}
+		PyTuple_SET_ITEM(ids, i, v);
+	}
+	return Py_BuildValue("(NnN)", bytes, bad, ids);
 }
 
 /* How many bytes of a ring buffer's unread span hold committed records:
@@ -959,8 +1162,10 @@ PyDoc_STRVAR(configure_doc,
 
 PyDoc_STRVAR(format_doc,
 "format(span)\n--\n\n"
-"(NDJSON bytes, undecodable count) for a span of ring-buffer bytes, the\n"
-"same bytes as orjson.dumps of records.decode's dicts.");
+"(NDJSON bytes, undecodable count, missing cgroup ids) for a span of\n"
+"ring-buffer bytes, the same bytes as orjson.dumps of records.decode's\n"
+"dicts.  When cgroup ids are missing from the configured table, nothing\n"
+"is formatted (b'', 0, ids): configure again with them, then ask again.");
 
 static PyMethodDef methods[] = {
 	{"configure", fmt_configure, METH_VARARGS, configure_doc},
@@ -978,7 +1183,7 @@ static struct PyModuleDef module = {
 	"tables a dict: states (sequence of str|None by state number),\n"
 	"owner_from/role/reason/via/end ({int 0..255: str|None}), errno\n"
 	"({int 1..255: str}), timed (sequence of (str, int) pairs), source (str).\n"
-	"format(span) -> (bytes, undecodable count).\n"
+	"format(span) -> (bytes, undecodable count, missing cgroup ids).\n"
 	"committed(span) -> bytes of a ring buffer's unread span, up to the first\n"
 	"record not yet committed.",
 	-1, methods,

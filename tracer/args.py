@@ -94,8 +94,63 @@ def cidr(text):
         raise argparse.ArgumentTypeError(str(e))
 
 
+UID_MAX = (1 << 32) - 2    # (uid_t)-1 is "no uid"
+
+
+def uid(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a uid: %r" % text)
+    if not 0 <= v <= UID_MAX:
+        raise argparse.ArgumentTypeError("uid out of range 0-%d: %d" % (UID_MAX, v))
+    return v
+
+
+def netns(text):
+    """An inode, a path (/proc/PID/ns/net, /run/netns/NAME) or an ip-netns
+    name -> the namespace's inode."""
+    from .context import ContextError, netns_inode
+    try:
+        return netns_inode(text)
+    except ContextError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+class Cgroup(tuple):
+    """A --cgroup: (path below the cgroup2 root, id, level)."""
+    __slots__ = ()
+    path = property(lambda self: self[0])
+
+
+def cgroup(text):
+    from .context import Cgroups, ContextError
+    try:
+        cid, level = Cgroups().id_of(text)
+    except ContextError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    from .context import cgroup2_root
+    import os
+    root = os.path.normpath(cgroup2_root() or "/")
+    path = os.path.normpath(text)
+    if path == root or path.startswith(root.rstrip("/") + "/"):
+        path = path[len(root):] or "/"
+    path = "/" + "/".join(c for c in path.split("/") if c)
+    return Cgroup((path, cid, level))
+
+
+def container(text):
+    """A container id or the start of one (hex, at least 4 digits)."""
+    t = text.strip().lower()
+    if not (4 <= len(t) <= 64) or any(c not in "0123456789abcdef" for c in t):
+        raise argparse.ArgumentTypeError(
+            "not a container id: %r (4 to 64 hex digits, as docker ps shows them)" % text)
+    return t
+
+
 def add_filters(p, owner="owning", state_help="transitions into or out of this state"):
-    """-4/-6, --port, --lport, --rport, --addr, --pid, --comm, --state."""
+    """-4/-6, --port, --lport, --rport, --addr, --pid, --comm, --state,
+    --uid, --netns, --cgroup, --container."""
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     fam.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
@@ -112,3 +167,14 @@ def add_filters(p, owner="owning", state_help="transitions into or out of this s
     p.add_argument("--comm", action="append", default=[], help="%s process name" % owner)
     p.add_argument("--state", type=state, action="append", default=[], metavar="NAME",
                    help="%s (ss spellings too: time-wait)" % state_help)
+    p.add_argument("--uid", type=uid, action="append", default=[],
+                   help="socket owner's uid (repeatable)")
+    p.add_argument("--netns", type=netns, action="append", default=[],
+                   metavar="INODE|PATH|NAME",
+                   help="network namespace: inode, /proc/PID/ns/net, /run/netns/NAME or "
+                        "an ip-netns name (repeatable)")
+    p.add_argument("--cgroup", type=cgroup, action="append", default=[], metavar="PATH",
+                   help="cgroup v2 path: sockets of that cgroup and the ones below it "
+                        "(repeatable)")
+    p.add_argument("--container", type=container, action="append", default=[],
+                   metavar="ID", help="container id or its start (repeatable)")

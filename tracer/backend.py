@@ -81,6 +81,22 @@ class Backend:
         pass
 
 
+def kernel_cgroups(args):
+    """--cgroup and --container as the (cgroup id, level) pairs the eBPF
+    program compares: a container is the cgroup(s) its runtime made for it,
+    found now (one that starts later is not seen)."""
+    out = [(c[1], c[2]) for c in getattr(args, "cgroup", ())]
+    if getattr(args, "container", None):
+        from .context import Cgroups, ContextError
+        cg = Cgroups()
+        for prefix in args.container:
+            try:
+                out += [(cid, level) for _path, cid, level in cg.of_container(prefix)]
+            except ContextError as e:
+                raise Failure(str(e))
+    return out
+
+
 def open_backend(args, ports=(), lports=(), rports=(), record_types=("state", "closed")):
     """The backend the user asked for; with ``auto``, eBPF or else /proc
     with a one-line note (in its ``notes``) saying why."""
@@ -94,7 +110,10 @@ def open_backend(args, ports=(), lports=(), rports=(), record_types=("state", "c
                 return BpfBackend(max_socks=args.max_sockets, ringbuf_mb=args.ringbuf_mb,
                                   family=args.family, ports=ports, lports=lports,
                                   rports=rports, pids=args.pid,
-                                  record_types=record_types).open()
+                                  record_types=record_types,
+                                  uids=getattr(args, "uid", ()),
+                                  netns=getattr(args, "netns", ()),
+                                  cgroups=kernel_cgroups(args)).open()
             except Unavailable as e:
                 why = str(e)
                 sized = [opt for opt, v, default in (

@@ -124,12 +124,15 @@ class BpfBackend(Backend):
 
     def __init__(self, max_socks=DEFAULT_MAX_SOCKS, ringbuf_mb=DEFAULT_RINGBUF_MB,
                  family=None, ports=(), lports=(), rports=(), pids=(),
-                 timewait=True, record_types=("state", "closed")):
+                 timewait=True, record_types=("state", "closed"), uids=(), netns=(),
+                 cgroups=()):
         self.max_socks = max_socks
         self.ringbuf_pages = _pow2_pages(ringbuf_mb)
         self.family = family
         self.ports, self.lports, self.rports = set(ports), set(lports), set(rports)
         self.pids = set(pids)
+        self.uids, self.netns = set(uids), set(netns)
+        self.cgroups = sorted(set(cgroups))      # (id, level) pairs
         self.timewait = timewait
         self.record_types = frozenset(record_types)
         self.notes = []              # one-line caveats for stderr (degraded features)
@@ -174,6 +177,7 @@ class BpfBackend(Backend):
         if handler:
             flags += self._btf_flags()
         flags += self._sock_flags()
+        flags += self._context_flags()
         flags += self._raw_tp_flags()
         if "state" not in self.record_types:
             flags.append("-DST_NO_STATE")
@@ -189,14 +193,45 @@ class BpfBackend(Backend):
             flags.append("-DST_FILTER_LPORTS")
         if self.pids:
             flags.append("-DST_FILTER_PIDS")
+        if self.uids:
+            if "-DST_OFF_SK_UID" not in " ".join(flags):
+                raise Unavailable("--uid: this kernel's BTF has no sock.sk_uid")
+            flags.append("-DST_FILTER_UID")
+        if self.netns:
+            if "-DST_OFF_NET_INUM" not in " ".join(flags):
+                raise Unavailable("--netns: this kernel's BTF has no socket namespace")
+            flags.append("-DST_FILTER_NETNS")
+        if self.cgroups:
+            flags += self._cgroup_filter_flags(flags)
         return flags
+
+    def _cgroup_filter_flags(self, flags):
+        """--cgroup/--container in the kernel: the socket's cgroup's
+        ancestor at each filter's level (struct cgroup: level, and
+        ancestors[], or ancestor_ids[] before 6.0)."""
+        from . import btf
+
+        if len(self.cgroups) > _CGROUP_FILTERS:
+            raise Unavailable("at most %d --cgroup/--container filters" % _CGROUP_FILTERS)
+        if "-DST_OFF_KN_ID" not in " ".join(flags):
+            raise Unavailable("--cgroup: this kernel's BTF has no socket cgroup")
+        for member, extra in (("ancestors", []), ("ancestor_ids", ["-DST_CGROUP_ANCESTOR_IDS"])):
+            try:
+                offs = btf.member_offsets({"cgroup": ["level", member]})
+            except btf.BTFError:
+                continue
+            return ["-DST_FILTER_CGROUP",
+                    "-DST_OFF_CGROUP_LEVEL=%d" % offs[("cgroup", "level")][0],
+                    "-DST_OFF_CGROUP_ANCESTORS=%d" % offs[("cgroup", member)][0]] + extra
+        raise Unavailable("--cgroup: this kernel's BTF has no cgroup ancestors")
 
     @property
     def gated(self):
         """Do the timer programs wait for a followed socket (the BPF
         program's "gate")?  Only when filters keep sockets out of its maps:
         the --pid filter applies to records, every socket is followed."""
-        return bool(self.family or self.ports or self.lports or self.rports)
+        return bool(self.family or self.ports or self.lports or self.rports or self.uids
+                    or self.netns or self.cgroups)
 
     def _btf_flags(self):
         from . import btf
@@ -245,6 +280,43 @@ class BpfBackend(Backend):
                 "-DST_OFF_SKC_NET=%d" % offs[("sock_common", "skc_net")][0],
                 "-DST_OFF_NET_INUM=%d" % (offs[("net", "ns")][0]
                                           + offs[("ns_common", "inum")][0])]
+
+    def _context_flags(self):
+        """Offsets for each record's context (uid, cgroup) and a closed
+        record's health, and for the acceptor as owner: each group on its
+        own, so that a kernel without one field loses that field only (a
+        note says which)."""
+        from . import btf
+
+        flags = []
+        for what, macros in _CONTEXT_MACROS:
+            wanted = {}
+            for struct_name, member in macros.values():
+                wanted.setdefault(struct_name, []).append(member)
+            try:
+                offs = btf.member_offsets(wanted)
+            except btf.BTFError as e:
+                if what == "cgroup":
+                    # before 5.15, sock_cgroup_data is a union whose val is
+                    # the cgroup pointer when its bit 0 is clear
+                    try:
+                        old = dict(macros, ST_OFF_SK_CGROUP=("sock_cgroup_data", "val"))
+                        wanted["sock_cgroup_data"] = ["val"]
+                        offs = btf.member_offsets(wanted)
+                        macros = old
+                        flags.append("-DST_CGROUP_VAL")
+                    except btf.BTFError:
+                        self.notes.append("no %s: %s" % (what, e))
+                        continue
+                else:
+                    self.notes.append("no %s: %s" % (what, e))
+                    continue
+            for macro, key in macros.items():
+                off = offs[key][0]
+                if macro == "ST_OFF_SK_CGROUP":       # sock.sk_cgrp_data + member
+                    off += offs[("sock", "sk_cgrp_data")][0]
+                flags.append("-D%s=%d" % (macro, off))
+        return flags
 
     def _raw_tp_flags(self):
         """-D settings that switch the program to raw tracepoints (see the
@@ -362,6 +434,17 @@ class BpfBackend(Backend):
             table = self._bpf[b"pid_filter"]
             for pid in self.pids:
                 table[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
+        for name, values in ((b"uid_filter", self.uids), (b"netns_filter", self.netns)):
+            if values:
+                table = self._bpf[name]
+                for v in values:
+                    table[ctypes.c_uint(v)] = ctypes.c_ubyte(1)
+        if self.cgroups:
+            table = self._bpf[b"cgroup_filter"]
+            for i, (cid, level) in enumerate(self.cgroups):
+                leaf = table.Leaf()
+                leaf.id, leaf.level = cid, level
+                table[ctypes.c_int(i)] = leaf
 
     def _seed_older_sockets(self):
         """Hand the kernel what sock_diag knows of the sockets that exist
@@ -397,7 +480,8 @@ class BpfBackend(Backend):
         # request sockets (sock_diag shows them as SYN_RECV) become new
         # full sockets of their own: no seeds
         rows = [r for r in rows if r.cookie and r.state not in _REQUEST and matches(
-            {"type": "socket", "family": r.family, "lport": r.lport, "rport": r.rport})]
+            {"type": "socket", "family": r.family, "lport": r.lport, "rport": r.rport})
+            and self._seed_wanted(r)]
         owned = _owners_of(rows + [r for r in listeners if r not in rows])
         listening = {(r.family, r.lport) for r in rows if r.state == states.LISTEN}
         table = self._bpf[b"seeds"]
@@ -408,10 +492,14 @@ class BpfBackend(Backend):
             since, flags = seed_since(r, now)
             role = ("listener" if r.state == states.LISTEN else
                     "server" if (r.family, r.lport) in listening else "client")
+            # a timewait socket's uid is 0 in sock_diag: not its owner's.
+            # The cgroup: the program reads a full socket's own (a timewait
+            # socket has none, and sock_diag gives none for it either).
+            uid = wire.NONE_U32 if r.state == states.TIME_WAIT else r.uid
             packed = wire.SEED.pack(
                 since, _raw16(r.family, r.laddr), _raw16(r.family, r.raddr), r.lport,
                 r.rport, pid, r.family, _OWNER_PROC if pid else _OWNER_UNKNOWN,
-                _ROLES[role], flags, r.state, b"", comm[:wire.COMM_LEN])
+                _ROLES[role], flags, r.state, b"", comm[:wire.COMM_LEN], 0, uid, 0)
             try:
                 table[ctypes.c_uint64(r.cookie)] = leaf.from_buffer_copy(packed)
             except Exception:        # bcc: the map is full
@@ -422,6 +510,19 @@ class BpfBackend(Backend):
         if self.gated and closing:
             self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
         self._seed_listeners(listeners, owned)
+
+    def _seed_wanted(self, r):
+        """The context filters for a socket older than us.  A full socket's
+        first transition is decided by the program itself (it reads the
+        socket); a timewait socket ends through the timer programs, which do
+        not filter, so one passes only when sock_diag can decide: it shows
+        no uid and no cgroup for it."""
+        if self.netns and sockdiag_own_netns() not in self.netns:
+            return False
+        tw = r.state == states.TIME_WAIT
+        if self.uids and (tw or r.uid not in self.uids):
+            return False
+        return not (self.cgroups and tw)
 
     def _seed_listeners(self, rows, owned):
         """Listeners older than socktrace, with their owners, where the
@@ -488,14 +589,25 @@ class BpfBackend(Backend):
             from . import _fmt
         except ImportError:
             return None
-        _fmt.configure(*records.native_config(self._fmt))
+        self._cgroups = {}           # cgroup id -> (path, container, unit), as C has it
+        self._configure = _fmt.configure
+        self._configure(*records.native_config(self._fmt))
         if self._rb is not None:
             self._rb.committed = _fmt.committed
         return _fmt.format
 
     def read_ndjson(self):
         """What read() returns, already as NDJSON bytes: (bytes, records)."""
-        data, bad = self._native(self.read_span())
+        span = self.read_span()
+        data, bad, missing = self._native(span)
+        while missing:
+            # cgroups the C formatter has no text for (at most 64 a call):
+            # resolved here once (tracer/context.py), handed over, and the
+            # span formatted again.  Each round adds ids: it ends.
+            for cid in missing:
+                self._cgroups[cid] = self._fmt.where(0, 0, cid)[2:]
+            self._configure(*records.native_config(self._fmt, cgroups=self._cgroups))
+            data, bad, missing = self._native(span)
         self._undecodable += bad
         return data, data.count(b"\n")
 
@@ -629,7 +741,7 @@ class BpfBackend(Backend):
         story the kernel holds for it: its id, owner and ages.  A socket we
         hold no story of (older than us, and sock_diag's dump at start did
         not see it) gets its cookie as id, its owner from /proc, and no age."""
-        rows, _ = self._dump()
+        rows, netns = self._dump()
         now = time.monotonic_ns()
         found, seeds = self.stories()
         by_tuple = {self._tuple(v, self._dfmt): v for v, _, _ in found}
@@ -660,6 +772,9 @@ class BpfBackend(Backend):
                 conn, start, since, flags = v.conn, v.start_ns, v.ts, v.flags
                 if v.state != r.state:
                     since = None     # moved since the map was read
+            # a timewait socket's uid in sock_diag is 0, not its owner's
+            uid = None if r.state == states.TIME_WAIT else r.uid
+            cgroup = 0
             if v is None:
                 pid, comm = owned.get(r.inode, (0, b""))
                 owner_from = "proc" if pid else "unknown"
@@ -668,6 +783,9 @@ class BpfBackend(Backend):
                 in_state = age = None
                 lower, estimate = True, False
             else:
+                cgroup = v.cgroup
+                if uid is None and v.uid != wire.NONE_U32:
+                    uid = v.uid
                 pid, comm = v.pid, v.comm
                 owner_from = wire.OWNER_FROM[v.owner_from]
                 role = records._ROLE[v.role]
@@ -675,10 +793,12 @@ class BpfBackend(Backend):
                 age = now - start
                 lower = bool(flags & _F_LOWER)
                 estimate = bool(flags & _F_ESTIMATE) and getattr(v, "cur_lower", 1) == 1
+            where = self._dfmt.where(netns, wire.NONE_U32 if uid is None else uid, cgroup)
             out.append(records.socket_record(
                 ts, ("%x" % conn, r.family, r.laddr, r.lport, r.raddr, r.rport),
                 (pid or None, self._dfmt.comm(comm) if pid else None, owner_from, role),
-                states.NAMES[r.state], in_state, age, lower, estimate, "bpf", False))
+                states.NAMES[r.state], in_state, age, lower, estimate, "bpf", False,
+                where, records.live_health(r.state, r.health, role == "client")))
         return out
 
     def reconcile(self):
@@ -733,8 +853,10 @@ class BpfBackend(Backend):
                fmt.addr(fam, v.daddr), v.dport)
         owner = (pid or None, fmt.comm(v.comm) if pid else None,
                  wire.OWNER_FROM[v.owner_from], records._ROLE[v.role])
+        where = fmt.where(0 if seed else v.netns, v.uid, v.cgroup)
         return records.closed_record(fmt, now, tup, owner, start, spent, path, "unknown", None,
-                                     None, bool(v.flags & _F_LOWER) or seed, "bpf", False)
+                                     None, bool(v.flags & _F_LOWER) or seed, "bpf", False,
+                                     where)
 
     def report(self):
         """The exit report's figures, from the kernel's own tallies."""
@@ -861,6 +983,39 @@ _RAW_TP_MACROS = {
     "ST_OFF_TIMER_FUNCTION": ("timer_list", "function"),
 }
 
+# BTF offsets of what the program reads for context, health and the
+# acceptor (see its header comment), by group: a group missing from a
+# kernel's BTF costs that group's fields only.
+_CONTEXT_MACROS = (
+    ("uid", {"ST_OFF_SK_UID": ("sock", "sk_uid")}),
+    ("cgroup", {"ST_OFF_SK_CGROUP": ("sock_cgroup_data", "cgroup"),
+                "ST_OFF_SK_CGRP_DATA": ("sock", "sk_cgrp_data"),
+                "ST_OFF_CGROUP_KN": ("cgroup", "kn"),
+                "ST_OFF_KN_ID": ("kernfs_node", "id")}),
+    ("health (bytes, segments, RTT, retransmits)", {
+        "ST_OFF_TP_BYTES_ACKED": ("tcp_sock", "bytes_acked"),
+        "ST_OFF_TP_BYTES_RECEIVED": ("tcp_sock", "bytes_received"),
+        "ST_OFF_TP_SEGS_OUT": ("tcp_sock", "segs_out"),
+        "ST_OFF_TP_SEGS_IN": ("tcp_sock", "segs_in"),
+        "ST_OFF_TP_TOTAL_RETRANS": ("tcp_sock", "total_retrans"),
+        "ST_OFF_TP_SRTT_US": ("tcp_sock", "srtt_us"),
+        "ST_OFF_TP_MDEV_US": ("tcp_sock", "mdev_us")}),
+    ("resets sent by an aborting close()", {
+        "ST_OFF_TP_RCV_NXT": ("tcp_sock", "rcv_nxt"),
+        "ST_OFF_TP_COPIED_SEQ": ("tcp_sock", "copied_seq"),
+        "ST_OFF_SK_LINGERTIME": ("sock", "sk_lingertime"),
+        "ST_OFF_SKC_FLAGS": ("sock_common", "skc_flags")}),
+    ("acceptors as owners", {
+        "ST_OFF_TASK_FILES": ("task_struct", "files"),
+        "ST_OFF_FILES_FDT": ("files_struct", "fdt"),
+        "ST_OFF_FDT_FD": ("fdtable", "fd"),
+        "ST_OFF_FDT_MAX": ("fdtable", "max_fds"),
+        "ST_OFF_FILE_PRIVATE": ("file", "private_data"),
+        "ST_OFF_SOCKET_SK": ("socket", "sk")}),
+)
+
+_CGROUP_FILTERS = 8                   # ST_CGROUP_FILTERS in the program
+
 _BACKUP = b"set_state_backup"          # the second inet_sock_set_state program
 
 _PROG_INFO_SIZE = 232                 # struct bpf_prog_info up to verified_insns (5.16)
@@ -916,6 +1071,11 @@ def _raw16(family, text):
     if family == 4:
         return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
     return socket.inet_pton(socket.AF_INET6, text)
+
+
+def sockdiag_own_netns():
+    from . import sockdiag
+    return sockdiag.own_netns_inode()
 
 
 def _owners_of(rows):

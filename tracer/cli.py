@@ -39,10 +39,12 @@ examples:
   socktrace --records closed        one record per connection, as tcplife
   socktrace --format ecs -o /var/log/socktrace.ndjson   for Elastic/OpenSearch
   socktrace | jq -c 'select(.new=="TIME_WAIT")'
+  socktrace --container 3f2a --records closed   one container's connections
+  socktrace --netns web1 --uid 33   one namespace (ip netns name), one user
 
-Family, port and pid filters run in the kernel: what they reject costs
-nothing in user space.  Output fields: see README.md and
-tracer/schema/events.schema.json.
+Family, port, pid, uid, netns, cgroup and container filters run in the
+kernel: what they reject costs nothing in user space.  Output fields: see
+README.md and tracer/schema/events.schema.json.
 """
 
 

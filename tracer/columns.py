@@ -28,6 +28,16 @@ TIME         PID/COMM      CONNECTION            TRANSITION              IN OLD
 >>> max(len(c.line(dict(r, lower_bound=True, in_old_ns=ns)).rstrip("\\n"))
 ...     for ns in (999, 9_999, 999_999, 9_999_999, 999_999_999, 99_999_999_999, 3599 * 10**9))
 80
+
+A closed connection shows how it ended, bytes sent/received and its RTT:
+
+>>> cl = dict(r, type="closed", end="normal", lifetime_ns=61_250_000_000, bytes_sent=4096,
+...           bytes_received=1_250_000, rtt_us=310, retrans=0, path=["SYN_SENT",
+...           "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE"])
+>>> print(c.line(cl), end="")
+12:00:01.123 1234/nginx: … :54321>10.1.2.3:443   normal 4.1K/1.2M 310us   61.2s
+>>> print(c.line(dict(cl, end="refused", bytes_sent=0, bytes_received=0, rtt_us=0)), end="")
+12:00:01.123 1234/nginx: … :54321>10.1.2.3:443   closed refused           61.2s
 """
 
 import calendar
@@ -67,6 +77,27 @@ def duration(ns, lower=False, estimate=False, compact=False):
     else:
         text = "%dh%02dm" % divmod(ns // 60_000_000_000, 60)
     return (">=" if lower else "~" if estimate else "") + text
+
+
+def size(n):
+    """Bytes in at most 4 characters: '999', '4.1K', '12K', '1.2M', '340M', '5.0G'."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            v = n / div
+            return ("%.1f%s" if v < 9.95 else "%d%s") % (v if v < 9.95 else int(v), unit)
+    return "%d" % n
+
+
+def health(r):
+    """A closed record's traffic, 'sent/received rtt' ('4.1K/12K 310us'),
+    or '' when it moved no data and measured no RTT (a refused connect)."""
+    sent, received, rtt = r.get("bytes_sent"), r.get("bytes_received"), r.get("rtt_us")
+    if sent is None or not (sent or received or rtt):
+        return ""
+    out = "%s/%s" % (size(sent), size(received))
+    if rtt:
+        out += " " + duration(rtt * 1000, compact=True)
+    return out
 
 
 def _ep(addr, port, family):
@@ -146,10 +177,18 @@ class Columns:
             args = (r["in_old_ns"], lower)
             extra = " ".join(x for x in (r["via"], r["reason"]) if x)
         elif t == "closed":
-            trans = "closed %s" % r["end"]
+            # bytes sent/received and the RTT where they fit (80 columns:
+            # instead of the word "closed")
+            traffic = health(r)
+            trans = "%s %s" % (r["end"], traffic) if traffic else "closed %s" % r["end"]
             dur = duration(r["lifetime_ns"], lower)
             args = (r["lifetime_ns"], lower)
             extra = ">".join(ss(p) for p in r["path"])
+            if traffic:
+                trans = "closed %s" % r["end"] if self.wide else _fit(trans, 22)
+                extra += " bytes %s/%s rtt %s retrans %d" % (
+                    r["bytes_sent"], r["bytes_received"],
+                    duration(r["rtt_us"] * 1000) if r["rtt_us"] else "-", r["retrans"] or 0)
         else:                                   # socket: a snapshot row
             trans = "snapshot %s" % ss(r["state"])
             dur = duration(r["in_state_ns"], lower, r.get("estimate"))

@@ -12,6 +12,13 @@ True
 False
 >>> Filter(nets=[parse_cidr("127.0.0.0/8")])({"type": "state", "family": 4, "laddr": "127.0.0.1", "raddr": "127.0.0.9"})
 True
+>>> web = Filter(cgroups=["/system.slice/nginx.service"], uids=[33])
+>>> [web({"type": "state", "uid": 33, "cgroup": c}) for c in (
+...     "/system.slice/nginx.service", "/system.slice/nginx.service/worker",
+...     "/system.slice/nginx.service2", None)]
+[True, True, False, False]
+>>> Filter(containers=["ab12"])({"type": "closed", "container": "ab12" + "0" * 60})
+True
 """
 
 import ipaddress
@@ -26,9 +33,17 @@ def parse_cidr(text):
         raise ValueError("not an address or CIDR network: %r" % text)
 
 
+def context_filters(args):
+    """--uid, --netns, --cgroup, --container as Filter's keywords."""
+    return {"uids": getattr(args, "uid", ()), "netns": getattr(args, "netns", ()),
+            "cgroups": [c[0] for c in getattr(args, "cgroup", ())],
+            "containers": getattr(args, "container", ())}
+
+
 class Filter:
     def __init__(self, family=None, ports=(), lports=(), rports=(), pids=(),
-                 comms=(), states=(), nets=(), types=None):
+                 comms=(), states=(), nets=(), types=None, uids=(), netns=(), cgroups=(),
+                 containers=()):
         self.family = family
         self.ports, self.lports, self.rports = set(ports), set(lports), set(rports)
         self.pids = set(pids)
@@ -36,9 +51,14 @@ class Filter:
         self.states = set(states)
         self.nets = list(nets)
         self.types = set(types) if types is not None else None
+        self.uids, self.netns = set(uids), set(netns)
+        # cgroup paths: that cgroup and below ("/" is everything)
+        self.cgroups = tuple(c.rstrip("/") + "/" for c in cgroups)
+        self.containers = tuple(containers)
         self._addr_cache = {}
         self.active = bool(family or ports or lports or rports or pids or comms
-                           or states or nets or types is not None)
+                           or states or nets or types is not None or uids or netns
+                           or cgroups or containers)
         # what the kernel cannot decide for the eBPF backend's records: a
         # pid filter passes sockets whose owner the kernel does not know
         self.narrows_records = bool(pids or comms or states or nets)
@@ -71,6 +91,18 @@ class Filter:
                     return False
         if self.nets and not (self._in_nets(rec["laddr"]) or self._in_nets(rec["raddr"])):
             return False
+        if self.uids and rec.get("uid") not in self.uids:
+            return False
+        if self.netns and rec.get("netns") not in self.netns:
+            return False
+        if self.cgroups:
+            path = rec.get("cgroup")
+            if path is None or not (path.rstrip("/") + "/").startswith(self.cgroups):
+                return False
+        if self.containers:
+            cid = rec.get("container")
+            if cid is None or not cid.startswith(self.containers):
+                return False
         return True
 
     def _in_nets(self, text):

@@ -94,6 +94,7 @@ import time
 
 from . import hist, procnet, records, spec, states, wire
 from .backend import Backend, Failure
+from .text import decode as decode_name
 
 SOURCE = "proc"
 TIME_WAIT_LEN_NS = 60 * 1_000_000_000      # TCP_TIMEWAIT_LEN, fixed in the kernel
@@ -178,6 +179,20 @@ def scan(data):
     return header, snap, keys, lines
 
 
+def _read_cgroup(proc_root, pid):
+    """The cgroup v2 path of a process ("0::/system.slice/x.service" in
+    /proc/PID/cgroup), or None (gone, or no v2 line).  Bytes that are not
+    UTF-8 become \\xNN, as in every string from the system (tracer/text.py)."""
+    try:
+        with open("%s/%d/cgroup" % (proc_root, pid), "rb") as f:
+            for line in f:
+                if line.startswith(b"0::"):
+                    return decode_name(line[3:].rstrip(b"\n"))
+    except OSError:
+        pass
+    return None
+
+
 class _Sock:
     """What the backend remembers of one socket between polls.
 
@@ -193,7 +208,7 @@ class _Sock:
 
     __slots__ = ("conn", "family", "laddr", "lport", "raddr", "rport", "state", "since",
                  "start", "inode", "pid", "comm", "owner_from", "role", "lower_bound",
-                 "cur_lower", "estimate", "path", "spent", "deadline")
+                 "cur_lower", "estimate", "path", "spent", "deadline", "where")
 
     def __init__(self, conn, ps, now, t_read, owner, role, baseline):
         self.conn = conn
@@ -208,6 +223,7 @@ class _Sock:
         self.path = None              # made on the first transition
         self.spent = None
         self.deadline = 0
+        self.where = None             # (netns, uid, cgroup, container, unit): the backend's
         if owner is None:
             self.pid = self.comm = None
             self.owner_from = "unknown"
@@ -273,6 +289,8 @@ class ProcBackend(Backend):
         self._hist = {}                  # state -> [{bucket: n}, max, count]
         self._ends = {}                  # closed records by end
         self._lower = 0                  # times in a state that were lower bounds
+        self._netns = None               # this namespace's inode: /proc shows no other
+        self._cgroup_of = {}             # pid -> its cgroup v2 path (/proc/PID/cgroup)
 
     # -- set-up --------------------------------------------------------------
 
@@ -290,6 +308,10 @@ class ProcBackend(Backend):
             self.notes.append("not root: owners of other users' sockets are unknown")
         self.notes.append("polling %s/net/tcp{,6} every %gs: states held for less are "
                           "not seen, durations are approximate" % (self.proc_root, self.interval))
+        try:
+            self._netns = os.stat(os.path.join(self.proc_root, "self", "ns", "net")).st_ino
+        except OSError:
+            self._netns = None
         self._poll(baseline=True)
         return self
 
@@ -334,7 +356,7 @@ class ProcBackend(Backend):
             for s in self._socks[fam].values():
                 out.append(records.socket_record(
                     ts, s.tup, s.owner, _NAMES[s.state], max(0, now - s.since),
-                    max(0, now - s.start), s.lower_bound, s.estimate, SOURCE, True))
+                    max(0, now - s.start), s.lower_bound, s.estimate, SOURCE, True, s.where))
         return out
 
     def report(self):
@@ -494,8 +516,9 @@ class ProcBackend(Backend):
         out = []
         if baseline:
             for fam, k, ps in fresh_all:
-                self._socks[fam][k] = _Sock(self._new_conn(), ps, now, t_read,
-                                            owners.get(ps.inode), self._role(ps), True)
+                s = self._socks[fam][k] = _Sock(self._new_conn(), ps, now, t_read,
+                                                owners.get(ps.inode), self._role(ps), True)
+                s.where = self._where(s, ps)
             self.last_poll_s = time.perf_counter() - t0
             return out
 
@@ -517,8 +540,11 @@ class ProcBackend(Backend):
                 else:
                     s.inode = ps.inode
                     if owner is not None:
+                        known = s.pid
                         s.pid, s.comm = owner
                         s.owner_from = "proc"
+                        if not known:
+                            s.where = self._where(s, ps)
                     if new != old:
                         since = now
                         if new == _TW and ps.timer == _TIMER_TIME_WAIT:
@@ -533,6 +559,7 @@ class ProcBackend(Backend):
                     continue
             s = socks[k] = _Sock(self._new_conn(), ps, now, t_read, owner,
                                  self._role(ps), False)
+            s.where = self._where(s, ps)
             out.append(self._state(s, _CLOSE, s.state, None, False, now, None))
         for s in gone_all:
             if s.state == _LISTEN:
@@ -541,6 +568,23 @@ class ProcBackend(Backend):
         return out
 
     # -- records -----------------------------------------------------------------
+
+    def _where(self, s, ps):
+        """A socket's context from what /proc gives: the namespace polled,
+        the uid column (0 for TIME_WAIT: not its owner's), and the cgroup of
+        its owner process (/proc/PID/cgroup), read once per process."""
+        from .context import container_id, unit
+        uid = None if ps.state == _TW else ps.uid
+        path = None
+        if s.pid:
+            path = self._cgroup_of.get(s.pid)
+            if path is None:
+                path = self._cgroup_of[s.pid] = _read_cgroup(self.proc_root, s.pid) or ""
+                if len(self._cgroup_of) > 65536:
+                    self._cgroup_of.clear()
+        path = path or None
+        return (self._netns, uid, path, container_id(path) if path else None,
+                unit(path) if path else None)
 
     def _end(self, out, s, now, reason):
         """The end of socket *s*, seen at *now*: its ``X -> CLOSE`` and, but
@@ -556,7 +600,7 @@ class ProcBackend(Backend):
         out.append(records.closed_record(
             self._fmt, now, s.tup, s.owner, s.start,
             {num: spent.get(num, 0) for _, num in _TIMED}, s.path, end, None, reason,
-            s.lower_bound, SOURCE, True))
+            s.lower_bound, SOURCE, True, s.where))
 
     def _state(self, s, old, new, in_old, lower, now, reason):
         """A state record, counted for report()."""
@@ -576,4 +620,5 @@ class ProcBackend(Backend):
                 h[1] = in_old
             h[2] += 1
         return records.state_record(self._fmt.ts(now), s.tup, s.owner, _NAMES[old],
-                                    _NAMES[new], in_old, lower, None, reason, SOURCE, True)
+                                    _NAMES[new], in_old, lower, None, reason, SOURCE, True,
+                                    s.where)

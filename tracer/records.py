@@ -47,6 +47,7 @@ class Formatter:
         self._sec_text = ""
         self._addrs = {4: {}, 6: {}}     # family -> {16 raw bytes: text}
         self._comms = {}
+        self.context = None              # tracer.context.Context, made when needed
 
     def ts(self, mono_ns):
         """RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC time."""
@@ -79,6 +80,18 @@ class Formatter:
             cache[raw16] = text
         return text
 
+    def where(self, netns, uid, cgroup_id):
+        """A record's context: (netns, uid, cgroup path, container, unit),
+        from the kernel's numbers (0 and NONE_U32: not known)."""
+        if cgroup_id:
+            if self.context is None:
+                from .context import Context
+                self.context = Context()
+            path, container, unit = self.context.describe(cgroup_id)
+        else:
+            path = container = unit = None
+        return (netns or None, None if uid == _NONE_U32 else uid, path, container, unit)
+
     def comm(self, raw):
         text = self._comms.get(raw)
         if text is None:
@@ -101,6 +114,12 @@ _VIA = {k: (None if v == "kernel" else v) for k, v in wire.VIA.items()}
 _END = wire.END
 _F_IN_OLD = wire.FLAGS["in_old"]
 _F_LOWER = wire.FLAGS["lower"]
+_F_HEALTH = wire.FLAGS["health"]
+_F_RST_SENT = wire.FLAGS["rst_sent"]
+_F_RST_RECV = wire.FLAGS["rst_recv"]
+_NONE_U32 = wire.NONE_U32
+_NO_HEALTH = (None,) * 8
+_NO_WHERE = (None,) * 5
 _TIMED = tuple((name, _NUM[name]) for name in spec.TIMED_STATES)
 _FIN_WAIT1, _CLOSE_WAIT, _CLOSING = _NUM["FIN_WAIT1"], _NUM["CLOSE_WAIT"], _NUM["CLOSING"]
 _HDR = struct.Struct("<II")           # a ring buffer record's header: length, page offset
@@ -118,52 +137,109 @@ def errno_name(num):
 # -- the three record types about a connection, built in one place each ------
 #
 # tup: (conn, family, laddr, lport, raddr, rport); owner: (pid, comm,
-# owner_from, role).  Both backends and the reconciliation build their
-# records with these; tracer/spec.py is the order, tests check it.
+# owner_from, role); where: (netns, uid, cgroup, container, unit) or None
+# (all unknown); health: (bytes_sent, bytes_received, segs_out, segs_in,
+# retrans, rtt_us, rttvar_us[, syn_retrans]) or None.  Both backends and the
+# reconciliation build their records with these; tracer/spec.py is the
+# order, tests check it.
 
 def state_record(ts, tup, owner, old, new, in_old_ns, lower_bound, via, reason, source,
-                 approx):
+                 approx, where=None):
     conn, family, laddr, lport, raddr, rport = tup
     pid, comm, owner_from, role = owner
+    netns, uid, cgroup, container, unit = where or _NO_WHERE
     return {
         "type": "state", "ts": ts, "conn": conn, "family": family, "laddr": laddr,
         "lport": lport, "raddr": raddr, "rport": rport, "old": old, "new": new,
         "in_old_ns": in_old_ns, "lower_bound": lower_bound, "pid": pid, "comm": comm,
-        "owner_from": owner_from, "role": role, "via": via, "reason": reason,
-        "source": source, "approx": approx,
+        "owner_from": owner_from, "role": role, "netns": netns, "uid": uid,
+        "cgroup": cgroup, "container": container, "unit": unit, "via": via,
+        "reason": reason, "source": source, "approx": approx,
     }
 
 
 def closed_record(fmt, ts_ns, tup, owner, start_ns, spent, path, end, error, reason,
-                  lower_bound, source, approx):
+                  lower_bound, source, approx, where=None, reset=None, health=None):
     """*spent*: ns by state number (any mapping or sequence); *path*: the
     state numbers left, in order (CLOSE is added)."""
     conn, family, laddr, lport, raddr, rport = tup
     pid, comm, owner_from, role = owner
+    netns, uid, cgroup, container, unit = where or _NO_WHERE
+    sent, received, segs_out, segs_in, retrans, rtt, rttvar, syn = health or _NO_HEALTH
     names = [_NAMES[s] for s in path]
     names.append("CLOSE")
     return {
         "type": "closed", "ts": fmt.ts(ts_ns), "conn": conn, "family": family,
         "laddr": laddr, "lport": lport, "raddr": raddr, "rport": rport, "pid": pid,
-        "comm": comm, "owner_from": owner_from, "role": role,
+        "comm": comm, "owner_from": owner_from, "role": role, "netns": netns, "uid": uid,
+        "cgroup": cgroup, "container": container, "unit": unit,
         "start_ts": fmt.ts(start_ns), "lifetime_ns": max(0, ts_ns - start_ns),
         "states": {name: spent[num] for name, num in _TIMED},
         "path": names, "closed_first": closed_first(names), "end": end, "error": error,
-        "reason": reason, "lower_bound": lower_bound, "source": source, "approx": approx,
+        "reset": reset, "reason": reason, "lower_bound": lower_bound,
+        "bytes_sent": sent, "bytes_received": received, "segs_out": segs_out,
+        "segs_in": segs_in, "retrans": retrans, "rtt_us": rtt, "rttvar_us": rttvar,
+        "syn_retrans": syn, "source": source, "approx": approx,
     }
 
 
 def socket_record(ts, tup, owner, state, in_state_ns, age_ns, lower_bound, estimate, source,
-                  approx):
+                  approx, where=None, health=None):
     conn, family, laddr, lport, raddr, rport = tup
     pid, comm, owner_from, role = owner
+    netns, uid, cgroup, container, unit = where or _NO_WHERE
+    sent, received, segs_out, segs_in, retrans, rtt, rttvar = (health or _NO_HEALTH)[:7]
     return {
         "type": "socket", "ts": ts, "conn": conn, "family": family, "laddr": laddr,
         "lport": lport, "raddr": raddr, "rport": rport, "state": state,
         "in_state_ns": in_state_ns, "age_ns": age_ns, "lower_bound": lower_bound,
         "estimate": estimate, "pid": pid, "comm": comm, "owner_from": owner_from,
-        "role": role, "source": source, "approx": approx,
+        "role": role, "netns": netns, "uid": uid, "cgroup": cgroup,
+        "container": container, "unit": unit, "bytes_sent": sent,
+        "bytes_received": received, "segs_out": segs_out, "segs_in": segs_in,
+        "retrans": retrans, "rtt_us": rtt, "rttvar_us": rttvar,
+        "source": source, "approx": approx,
     }
+
+
+_FIN_OUT_ACKED = frozenset((_NUM["FIN_WAIT2"], _NUM["TIME_WAIT"]))
+_FIN_IN = frozenset((_NUM["CLOSE_WAIT"], _NUM["LAST_ACK"], _NUM["CLOSING"], _NUM["TIME_WAIT"]))
+
+
+def live_health(state, h, client):
+    """sock_diag's tcp_info figures of a live socket in *state* (a number)
+    -> the health fields.  The kernel's byte counts move with sequence
+    numbers, and the SYN and FIN take one each: a *client*'s bytes_acked
+    counts its SYN (an accepted socket starts past it), and anyone's its FIN
+    once acknowledged; bytes_received the peer's FIN.  The fields are
+    payload, as the kernel program gives them for closed records.
+
+    >>> live_health(_NUM["ESTABLISHED"], (101, 7, 5, 4, 0, 40, 20), True)
+    (100, 7, 5, 4, 0, 40, 20)
+    >>> live_health(_NUM["LAST_ACK"], (100, 8, 5, 4, 0, 40, 20), False)
+    (100, 7, 5, 4, 0, 40, 20)
+    >>> live_health(_NUM["FIN_WAIT2"], (102, 0, 5, 4, 0, 40, 20), True)
+    (100, 0, 5, 4, 0, 40, 20)
+    >>> live_health(_NUM["SYN_SENT"], (0, 0, 1, 0, 1, 0, 0), True)
+    (0, 0, 1, 0, 1, 0, 0)
+    """
+    if h is None:
+        return None
+    acked, received = h[0], h[1]
+    if acked and client:
+        acked -= 1
+    if acked and state in _FIN_OUT_ACKED:
+        acked -= 1
+    if received and state in _FIN_IN:
+        received -= 1
+    return (acked, received) + tuple(h[2:])
+
+
+def reset_of(flags):
+    """Who reset the connection, from a closed record's flags."""
+    if flags & _F_RST_RECV:
+        return "both" if flags & _F_RST_SENT else "received"
+    return "sent" if flags & _F_RST_SENT else None
 
 
 def closed_first(path):
@@ -186,26 +262,33 @@ def _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm, owner_from, r
 def state(fmt, t, source="bpf"):
     """A st_state tuple (wire.STATE_FIELDS order) -> a state record."""
     (_, pid, ts_ns, conn, in_old, saddr, daddr, sport, dport, family, old, new,
-     owner_from, role, flags, reason, via, comm) = t
+     owner_from, role, flags, reason, via, comm, cgroup, netns, uid) = t
     tup, owner = _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm,
                       owner_from, role)
     return state_record(fmt.ts(ts_ns), tup, owner, _STATE[old], _STATE[new],
                         in_old if flags & _F_IN_OLD else None, bool(flags & _F_LOWER),
-                        _VIA[via], _REASON[reason], source, False)
+                        _VIA[via], _REASON[reason], source, False,
+                        fmt.where(netns, uid, cgroup))
 
 
 def closed(fmt, t, source="bpf"):
     """A st_closed tuple (wire.unpack_closed) -> a closed record."""
     (_, pid, ts_ns, conn, start_ns, spent, saddr, daddr, sport, dport, error,
-     family, owner_from, role, flags, end, reason, path_len, _pad, path, comm) = t
+     family, owner_from, role, flags, end, reason, path_len, _pad, path, comm,
+     cgroup, netns, uid, *health) = t
     tup, owner = _who(fmt, conn, family, saddr, sport, daddr, dport, pid, comm,
                       owner_from, role)
     path = path[:path_len]
     for num in path:
         _STATE[num]                      # KeyError for a number that is no state
+    if flags & _F_HEALTH:
+        if health[-1] == _NONE_U32:      # syn_retrans: not a connect
+            health[-1] = None
+    else:
+        health = None
     return closed_record(fmt, ts_ns, tup, owner, start_ns, spent, path, _END[end],
                          errno_name(error), _REASON[reason], bool(flags & _F_LOWER), source,
-                         False)
+                         False, fmt.where(netns, uid, cgroup), reset_of(flags), health)
 
 
 def walk(span):
@@ -247,10 +330,12 @@ def decode(fmt, span, source="bpf"):
     return out, bad
 
 
-def native_config(fmt, source="bpf"):
+def native_config(fmt, source="bpf", cgroups=None):
     """The arguments of ``tracer._fmt.configure`` for output identical to
-    ``decode(fmt, span, source)``: the same tables, as plain values."""
+    ``decode(fmt, span, source)``: the same tables, as plain values;
+    *cgroups*: {id: (path, container, unit)} as fmt.where gives them."""
     return fmt.wall_offset, {
+        "cgroups": dict(cgroups or {}),
         "states": tuple(_NAMES),
         "owner_from": dict(_OWNER),
         "role": dict(_ROLE),

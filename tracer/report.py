@@ -59,6 +59,14 @@ def scope(args):
         parts.append("--comm %s" % comm)
     for st in getattr(args, "state", None) or ():
         parts.append("--state %s" % st)
+    for uid in getattr(args, "uid", None) or ():
+        parts.append("--uid %d" % uid)
+    for ns in getattr(args, "netns", None) or ():
+        parts.append("--netns %d" % ns)
+    for cg in getattr(args, "cgroup", None) or ():
+        parts.append("--cgroup %s" % cg[0])
+    for cid in getattr(args, "container", None) or ():
+        parts.append("--container %s" % cid)
     return "filtered: " + " ".join(parts) if parts else "host-wide"
 
 

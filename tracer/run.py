@@ -15,7 +15,7 @@ import time
 
 from . import records, spec, wire
 from .backend import Failure, open_backend
-from .filters import Filter
+from .filters import Filter, context_filters
 from .text import one_line
 
 POLL_S = 0.05          # quiet-host latency: records reach the output within this
@@ -197,7 +197,9 @@ def _run(args, sink, flags, ports, lports, rports, types):
     fmt = records.Formatter()
     keep = Filter(family=args.family, ports=ports, lports=lports, rports=rports,
                   pids=args.pid, comms=args.comm, states=args.state, nets=args.addr,
-                  types=types)
+                  types=types,
+                  # the eBPF program decides these itself, from the socket
+                  **(context_filters(args) if source == "proc" else {}))
     want = keep if keep.active else None
     # the kernel emits only the types asked for; the proc backend all
     fast = getattr(backend, "read_ndjson", None) if (

@@ -135,6 +135,13 @@ _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 TCPI_LAST_DATA_RECV = 52  # offset in struct tcp_info
 _TCPI_MIN = TCPI_LAST_DATA_RECV + 4
+# A socket's health from struct tcp_info (include/uapi/linux/tcp.h): rtt at
+# 68, rttvar 72, total_retrans 100 (u32); bytes_acked 120, bytes_received
+# 128 (u64); segs_out 136, segs_in 140 (u32): Linux 4.2 and later send them.
+_HEALTH = struct.Struct("=68xII24xI16xQQII")
+HEALTH = ("bytes_acked", "bytes_received", "segs_out", "segs_in", "total_retrans", "rtt_us",
+          "rttvar_us")
+assert _HEALTH.size == 144
 
 RECV_BUFSIZE = 1 << 20  # the kernel sends at most ~32 KiB per recv anyway
 TIMEOUT = 10.0  # seconds without an answer before giving up on a dump
@@ -230,6 +237,8 @@ _FIELDS = (
     "rqueue",  # bytes unread; accept queue length for LISTEN
     "wqueue",  # bytes unacked; backlog for LISTEN
     "last_data_recv_ms",  # tcp_info.tcpi_last_data_recv, or None
+    "health",  # (bytes_acked, bytes_received, segs_out, segs_in, total_retrans,
+    #            rtt_us, rttvar_us) from tcp_info, or None (see HEALTH)
 )
 
 
@@ -327,7 +336,8 @@ def _parse_chunk_py(buf, end, out, info, what):
     swap_cookie = _BIG_ENDIAN
     AF_INET = socket.AF_INET
     AF_INET6 = socket.AF_INET6
-    ldr = None
+    ldr = health = None
+    unpack_health = _HEALTH.unpack_from
     off = 0
     while off < end:
         left = end - off
@@ -379,7 +389,7 @@ def _parse_chunk_py(buf, end, out, info, what):
                 cookie = ((cookie & _MASK32) << 32) | (cookie >> 32)
             if info:
                 # Attributes: walk them for INET_DIAG_INFO (tcp_info).
-                ldr = None
+                ldr = health = None
                 a = off + MSG_LEN
                 mend = off + mlen
                 while a < mend:
@@ -397,10 +407,14 @@ def _parse_chunk_py(buf, end, out, info, what):
                     # tcp_info grows at its end; older kernels send less.
                     if atype & NLA_TYPE_MASK == INET_DIAG_INFO and alen >= 4 + _TCPI_MIN:
                         ldr = unpack_u32(buf, a + 4 + TCPI_LAST_DATA_RECV)[0]
+                        if alen >= 4 + _HEALTH.size:
+                            rtt, rttvar, retrans, acked, received, sout, sin = \
+                                unpack_health(buf, a + 4)
+                            health = (acked, received, sout, sin, retrans, rtt, rttvar)
                     a += (alen + 3) & ~3
             append(new(cls, (
                 family, laddr, ports[sport], raddr, ports[dport], state,
-                cookie, inode, uid, timer, expires, rq, wq, ldr,
+                cookie, inode, uid, timer, expires, rq, wq, ldr, health,
             )))
         elif mtype == NLMSG_DONE:
             # struct nlmsgerr-less int: 0, or the dump's error (negative).

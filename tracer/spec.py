@@ -63,10 +63,34 @@ _OWNER = (
     F("comm", "string", "its name, from the kernel (bytes that are not UTF-8 as `\\xNN`)",
       null=True),
     F("owner_from", "enum", "connect/listen: the task that called it; listener: an "
-      "accepted socket, its listener's owner; proc: found in /proc; unknown: pid null",
-      enum=OWNER_FROM),
+      "accepted socket not accepted yet, its listener's owner; accept: the task that "
+      "accept()ed it (a pre-fork server's worker); proc: found in /proc; unknown: pid "
+      "null", enum=OWNER_FROM),
     F("role", "enum", "client (it connected), server (accepted), listener", null=True,
       enum=ROLE),
+)
+_WHERE = (
+    F("netns", "int", "the socket's network namespace: its inode, as `ls -L -i "
+      "/proc/PID/ns/net` shows it; null unknown", null=True),
+    F("uid", "int", "the socket's owner uid (what `ss -e` shows as uid); null unknown",
+      null=True),
+    F("cgroup", "string", "the socket's cgroup v2 path (the cgroup of the process that "
+      "made it; an accepted socket: its listener's), as in /proc/PID/cgroup; null "
+      "unknown", null=True),
+    F("container", "string", "the container id read from cgroup (Docker, containerd and "
+      "Kubernetes, CRI-O, Podman), 64 hex digits; null: none", null=True),
+    F("unit", "string", "the systemd unit cgroup names (a .service or .scope); null: "
+      "none", null=True),
+)
+_HEALTH = (
+    F("bytes_sent", "int", "bytes sent and acknowledged by the peer (tcp_info's "
+      "bytes_acked); null unknown", null=True),
+    F("bytes_received", "int", "bytes received", null=True),
+    F("segs_out", "int", "segments sent", null=True),
+    F("segs_in", "int", "segments received", null=True),
+    F("retrans", "int", "segments retransmitted (total_retrans)", null=True),
+    F("rtt_us", "int", "smoothed round-trip time, microseconds", null=True),
+    F("rttvar_us", "int", "its mean deviation, microseconds", null=True),
 )
 _TAIL = (
     F("source", "enum", "bpf: traced in the kernel; proc: polled from /proc", enum=SOURCES),
@@ -82,13 +106,13 @@ RECORDS = {
         F("new", "enum", "state entered", enum=STATE_NAMES),
         F("in_old_ns", "int", "time spent in old; null when not seen begin", null=True),
         _LOWER,
-    ) + _OWNER + (
+    ) + _OWNER + _WHERE + (
         F("via", "enum", "how a transition the kernel never reports was seen: timer "
           "(the timewait timer), peer (the local peer's LAST_ACK->CLOSE); null: "
           "sock:inet_sock_set_state", null=True, enum=VIA),
         F("reason", "enum", "why a timewait socket ended", null=True, enum=REASON),
     ) + _TAIL,
-    "closed": (_TYPE("closed"), _TS, _CONN) + _TUPLE + _OWNER + (
+    "closed": (_TYPE("closed"), _TS, _CONN) + _TUPLE + _OWNER + _WHERE + (
         F("start_ts", "string", "when it began (lower_bound: when first seen)",
           pattern=TS_PATTERN),
         F("lifetime_ns", "int", "from start_ts to ts"),
@@ -103,8 +127,14 @@ RECORDS = {
           enum=END),
         F("error", "string", "the socket's error at close (ECONNREFUSED, ETIMEDOUT, ...)",
           null=True),
+        F("reset", "enum", "who reset it: sent (we did: tcp:tcp_send_reset, or a close() "
+          "that aborts: SO_LINGER 0, unread data), received (tcp:tcp_receive_reset), both; "
+          "null: no reset", null=True, enum=("sent", "received", "both")),
         F("reason", "enum", "why its timewait socket ended", null=True, enum=REASON),
         _LOWER,
+    ) + _HEALTH + (
+        F("syn_retrans", "int", "a connect's SYN retransmissions; null: not a connect, "
+          "or unknown", null=True),
     ) + _TAIL,
     "socket": (_TYPE("socket"), _TS, _CONN) + _TUPLE + (
         F("state", "enum", enum=STATE_NAMES),
@@ -113,7 +143,7 @@ RECORDS = {
         _LOWER,
         F("estimate", "bool", "in_state_ns is the kernel's estimate for a socket older "
           "than socktrace (TIME_WAIT: its timer; CLOSE_WAIT: time since data last came in)"),
-    ) + _OWNER + _TAIL,
+    ) + _OWNER + _WHERE + _HEALTH + _TAIL,
     "lost": (
         _TYPE("lost"), _TS,
         F("count", "int", "how many"),

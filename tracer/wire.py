@@ -7,7 +7,7 @@ The enums are not copied at all: they are read from the header, which stays
 their only definition.
 
 >>> STATE.size, CLOSED.size, STORY.size, SEED.size
-(96, 240, 256, 72)
+(112, 296, 312, 88)
 >>> OWNER_FROM[1], REASON[2], VIA[1], END[3], ROLE[1]
 ('connect', 'reused', 'timer', 'cancelled', 'client')
 """
@@ -47,6 +47,7 @@ def _enum(prefix):
 COMM_LEN = _define("ST_COMM_LEN")
 PATH_LEN = _define("ST_PATH_LEN")
 NR_STATES = _define("ST_NR_STATES")
+NONE_U32 = 0xFFFFFFFF   # ST_NONE_U32: a __u32 that is not known (null)
 CONN_OWN = 1 << 63
 
 KIND = _enum("ST_KIND_")
@@ -74,30 +75,35 @@ KIND_STATE = {v: k for k, v in KIND.items()}["state"]
 KIND_CLOSED = {v: k for k, v in KIND.items()}["closed"]
 
 # Order and types as in the structs; little-endian, x for padding.
-STATE = struct.Struct("<IIQQQ16s16sHHBBBBBBBB%ds4x" % COMM_LEN)
+STATE = struct.Struct("<IIQQQ16s16sHHBBBBBBBB%ds4xQII" % COMM_LEN)
 STATE_FIELDS = (
     "kind", "pid", "ts_ns", "conn", "in_old_ns", "saddr", "daddr", "sport",
     "dport", "family", "oldstate", "newstate", "owner_from", "role", "flags",
-    "reason", "via", "comm",
+    "reason", "via", "comm", "cgroup", "netns", "uid",
 )
-CLOSED = struct.Struct("<IIQQQ%dQ16s16sHHiBBBBBBBB%ds%ds"
+CLOSED = struct.Struct("<IIQQQ%dQ16s16sHHiBBBBBBBB%ds%dsQIIQQIIIIII"
                        % (NR_STATES, PATH_LEN, COMM_LEN))
 CLOSED_FIELDS = (
     "kind", "pid", "ts_ns", "conn", "start_ns", "spent", "saddr", "daddr",
     "sport", "dport", "error", "family", "owner_from", "role", "flags", "end",
-    "reason", "path_len", "pad", "path", "comm",
+    "reason", "path_len", "pad", "path", "comm", "cgroup", "netns", "uid",
+    "bytes_acked", "bytes_received", "segs_out", "segs_in", "retrans", "srtt_us",
+    "rttvar_us", "syn_retrans",
 )
-STORY = struct.Struct("<QQQ%dQQQ16s16sHHIIBBBBBBBB%ds%ds4x"
+STORY = struct.Struct("<QQQ%dQQQ16s16sHHIIBBBBBBBB%ds%ds4xQIIQQIIIIII"
                       % (NR_STATES, PATH_LEN, COMM_LEN))
 STORY_FIELDS = (
     "conn", "start_ns", "ts", "spent", "deadline", "len_j", "saddr", "daddr",
-    "sport", "dport", "pid", "netns", "family", "owner_from", "role", "flags",
-    "state", "cur_lower", "path_len", "held", "path", "comm",
+    "sport", "dport", "pid", "uid", "family", "owner_from", "role", "flags",
+    "state", "cur_lower", "path_len", "held", "path", "comm", "cgroup", "netns",
+    "syn_retrans", "bytes_acked", "bytes_received", "segs_out", "segs_in", "retrans",
+    "srtt_us", "rttvar_us", "pad2",
 )
 Story = namedtuple("Story", STORY_FIELDS)
-SEED = struct.Struct("<Q16s16sHHIBBBBB3s%ds" % COMM_LEN)
+SEED = struct.Struct("<Q16s16sHHIBBBBB3s%dsQII" % COMM_LEN)
 SEED_FIELDS = ("since_ns", "saddr", "daddr", "sport", "dport", "pid", "family",
-               "owner_from", "role", "flags", "state", "pad", "comm")
+               "owner_from", "role", "flags", "state", "pad", "comm", "cgroup", "uid",
+               "pad2")
 SIZES = {KIND_STATE: STATE.size, KIND_CLOSED: CLOSED.size}
 Seed = namedtuple("Seed", SEED_FIELDS)
 

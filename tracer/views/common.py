@@ -71,6 +71,8 @@ def run(prog, p, view, argv):
     if status is not None:
         return status
     try:
+        if getattr(args, "netns", None):
+            enter_netns(args.netns)
         return view(args)
     except (Failure, sockdiag.SockDiagError) as e:
         sys.stderr.write("socktrace %s: %s\n" % (prog, one_line(str(e))))
@@ -80,6 +82,54 @@ def run(prog, p, view, argv):
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def enter_netns(inodes):
+    """--netns for a view: sock_diag shows the sockets of the caller's own
+    network namespace, so the view moves into the one asked for (as ``ip
+    netns exec`` does) before it looks."""
+    if len(set(inodes)) > 1:
+        raise Failure("a view looks at one network namespace at a time: give one --netns")
+    (ino,) = set(inodes)
+    if os.stat("/proc/self/ns/net").st_ino == ino:
+        return
+    path = _netns_path(ino)
+    if path is None:
+        raise Failure("network namespace %d: no process or /run/netns entry holds it" % ino)
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:           # CLONE_NEWNET
+            err = ctypes.get_errno()
+            raise Failure("cannot enter network namespace %d: %s" % (ino, os.strerror(err)))
+    finally:
+        os.close(fd)
+
+
+def _netns_path(ino):
+    """A file that holds network namespace *ino*: /run/netns/*, else some
+    process's /proc/PID/ns/net."""
+    cands = []
+    try:
+        cands = [os.path.join("/run/netns", n) for n in sorted(os.listdir("/run/netns"))]
+    except OSError:
+        pass
+    for path in cands:
+        try:
+            if os.stat(path).st_ino == ino:
+                return path
+        except OSError:
+            continue
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            path = "/proc/%s/ns/net" % name
+            try:
+                if os.stat(path).st_ino == ino:
+                    return path
+            except OSError:
+                continue
+    return None
 
 
 def port_set(lists):
@@ -282,11 +332,17 @@ class Match:
         self.states = set(args.state)
         if "SYN_RECV" in self.states or "NEW_SYN_RECV" in self.states:
             self.states |= {"SYN_RECV", "NEW_SYN_RECV"}
-        self.by_owner = bool(self.pids or self.comms)
+        # sock_diag gives a socket's uid (a timewait socket's is no owner's:
+        # it never matches); cgroups and containers are the holders'
+        self.uids = set(getattr(args, "uid", ()))
+        self.cgroups = tuple(c[0].rstrip("/") + "/" for c in getattr(args, "cgroup", ()))
+        self.containers = tuple(getattr(args, "container", ()))
+        self.by_owner = bool(self.pids or self.comms or self.cgroups or self.containers)
         # anything sock() would reject
         self.narrows = bool(self.family or self.ports or self.lports or self.rports
-                            or self.nets or self.states)
+                            or self.nets or self.states or self.uids)
         self._nets = {}
+        self._cgroup_of = {}
 
     def sock(self, s, states_too=True):
         """Everything but the owner filters."""
@@ -301,15 +357,41 @@ class Match:
             return False
         if self.nets and not (self._in(s.laddr) or self._in(s.raddr)):
             return False
+        if self.uids and (s.uid not in self.uids or s.state == states.TIME_WAIT):
+            return False
         return True
 
     def owner(self, holders):
         if not self.by_owner:
             return True
         for pid, comm, _fd in holders:
-            if pid in self.pids or comm in self.comms:
-                return True
+            if (self.pids or self.comms) and not (pid in self.pids or comm in self.comms):
+                continue
+            if self.cgroups or self.containers:
+                path = self._cgroup(pid)
+                if path is None:
+                    continue
+                if self.cgroups and not (path.rstrip("/") + "/").startswith(self.cgroups):
+                    continue
+                if self.containers:
+                    from ..context import container_id
+                    if not (container_id(path) or "x").startswith(self.containers):
+                        continue
+            return True
         return False
+
+    def _cgroup(self, pid):
+        if pid not in self._cgroup_of:
+            path = None
+            try:
+                with open("/proc/%d/cgroup" % pid, "rb") as f:
+                    for line in f:
+                        if line.startswith(b"0::"):
+                            path = line[3:].rstrip(b"\n").decode("utf-8", "surrogateescape")
+            except OSError:
+                pass
+            self._cgroup_of[pid] = path
+        return self._cgroup_of[pid]
 
     def _in(self, text):
         hit = self._nets.get(text)

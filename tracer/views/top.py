@@ -803,13 +803,14 @@ def view(args):
         site.main()
     from ..backend import Failure as BackendFailure
     from ..backend import open_backend
-    from ..filters import Filter
+    from ..filters import Filter, context_filters
     from ..run import Background
 
     m = common.Match(args)
     ports, lports, rports = sorted(m.ports), sorted(m.lports), sorted(m.rports)
     keep = Filter(family=args.family, ports=ports, lports=lports, rports=rports,
-                  pids=args.pid, comms=args.comm, states=args.state, nets=args.addr)
+                  pids=args.pid, comms=args.comm, states=args.state, nets=args.addr,
+                  **context_filters(args))
     flags = Flags()
     flags.install()      # before the backend: a Ctrl-C while it loads ends it cleanly
     screen = None if args.once else Screen()
