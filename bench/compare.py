@@ -99,6 +99,7 @@ class Tracer:
         self.proc = None
         self.probe_ports = set()
         self.probe_at = 0          # 0: a new kernel-chosen port each probe
+        self.cwd = getattr(self, "cwd", ROOT)
 
     def start(self):
         if self.argv is None:
@@ -107,7 +108,7 @@ class Tracer:
             if os.path.exists(p):
                 os.unlink(p)
         self.proc = subprocess.Popen(self.argv, stdout=open(self.out, "wb"),
-                                     stderr=open(self.err, "wb"), cwd=ROOT,
+                                     stderr=open(self.err, "wb"), cwd=self.cwd,
                                      start_new_session=True, preexec_fn=_default_sigint)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -191,9 +192,12 @@ class Tcpstates(Tracer):
 class Socktrace(Tracer):
     name = "socktrace"
 
-    def __init__(self, workdir, extra=(), name=None):
+    def __init__(self, workdir, extra=(), name=None, root=None):
         self.argv = SOCKTRACE + ["--backend", "bpf", "--summary", "--no-report", "-o", None] + list(extra)
         self.name = name or ("socktrace " + " ".join(extra) if extra else "socktrace")
+        # another checkout's code (python -m tracer runs the package of its
+        # working directory): --baseline
+        self.cwd = root or ROOT
         self.per_connection = "--records" in extra      # no state records by design
         super().__init__(workdir)
         self.argv[self.argv.index(None)] = self.out
@@ -359,6 +363,10 @@ def main():
     ap.add_argument("--resolution", type=float, default=0.04,
                     help="stop bisecting when the interval is this fraction of the rate")
     ap.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run socktrace (full, --records closed) from this checkout "
+                         "(a git worktree of an older commit, its C parts built) in the "
+                         "same rounds: what a change costs")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.count, args.bisect = 1, 50_000, False
@@ -377,6 +385,14 @@ def main():
         ("socktrace --records closed", lambda: Socktrace(
             work, ["--records", "closed,lost,summary"], name="socktrace --records closed")),
     ]
+    if args.baseline:
+        base_dir = os.path.abspath(args.baseline)
+        makers += [
+            ("baseline", lambda: Socktrace(work, name="baseline", root=base_dir)),
+            ("baseline --records closed", lambda: Socktrace(
+                work, ["--records", "closed,lost,summary"], name="baseline --records closed",
+                root=base_dir)),
+        ]
     load0 = os.getloadavg()
     rows = []
     for rnd in range(args.rounds):
@@ -448,6 +464,12 @@ def main():
         print("  lossless rate vs tcpstates       %.2fx" % (
             lossless["socktrace"]["rate"] / lossless["tcpstates"]["rate"]))
     print("  socktrace lost records == shortfall, every run: %s" % ("yes" if st["exact"] else "NO"))
+    if args.baseline:
+        for name, mine in (("baseline", st), ("baseline --records closed", pc)):
+            b = summary[name]
+            print("  %-32s %.1f%% (%s); this checkout %.1f%%: %+.1f points" % (
+                name, 100 * b["ratio_to_none"], spread(name), 100 * mine["ratio_to_none"],
+                100 * (mine["ratio_to_none"] - b["ratio_to_none"])))
     print("load average before %s, after %s" % (load0, load1))
     others = sum(r.get("other_events", 0) for r in rows)
     if others:
