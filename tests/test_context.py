@@ -340,6 +340,26 @@ def test_real_cgroup(real_cgroup):
         cg.id_of(path + "/missing")
 
 
+def test_new_cgroup_found_by_its_id_at_once(real_cgroup):
+    """A cgroup made after the last walk (a container that just started) is
+    named on its first record, by its id (open_by_handle_at), not a second
+    later by the next walk; a gone one is None."""
+    root, child, proc, home = real_cgroup
+    cg = Cgroups(min_rewalk=3600)
+    cg.path(os.stat(root).st_ino)                       # the walk
+    walks = cg.walks
+    new = os.path.join(child, "docker-%s.scope" % ("cd" * 32))
+    os.mkdir(new)
+    try:
+        cid = os.stat(new).st_ino
+        path = "/socktrace-test-%d/child/docker-%s.scope" % (os.getpid(), "cd" * 32)
+        assert cg.path(cid) == path and cg.walks == walks
+        assert Context(Cgroups(min_rewalk=3600)).describe(cid)[1] == "cd" * 32
+    finally:
+        os.rmdir(new)
+    assert Cgroups(min_rewalk=3600)._by_handle(cid) is None
+
+
 # ---------------------------------------------------------------------------
 # network namespaces
 # ---------------------------------------------------------------------------

@@ -24,7 +24,11 @@ import fcntl
 import os
 import re
 import stat
+import struct
 import time
+
+_FILEID_KERNFS = 0xFE    # include/linux/exportfs.h: a kernfs node's 64-bit id
+_libc = None
 
 __all__ = ["ContextError", "CgroupError", "NetnsError", "cgroup2_root", "Cgroups",
            "container_id", "pod_uid", "unit", "Context", "netns_inode", "netns_names"]
@@ -88,13 +92,57 @@ class Cgroups:
         self._paths, self._last_walk, self.walks = {}, None, 0
 
     def path(self, cgroup_id):
-        """The path of *cgroup_id*, or None when it is unknown even after a walk."""
+        """The path of *cgroup_id*, or None when it is unknown even after a walk.
+
+        A cgroup made since the last walk (a container that just started) is
+        asked for by its id first (open_by_handle_at, as systemd and bpftool
+        do): exact at once, where a walk may wait out *min_rewalk*."""
         p = self._paths.get(cgroup_id)
-        if p is None and self.root is not None and (
-                self._last_walk is None or self._clock() - self._last_walk >= self.min_rewalk):
-            self._walk()
-            p = self._paths.get(cgroup_id)
+        if p is None and self.root is not None:
+            p = self._by_handle(cgroup_id)
+            if p is None and (self._last_walk is None
+                              or self._clock() - self._last_walk >= self.min_rewalk):
+                self._walk()
+                p = self._paths.get(cgroup_id)
         return p
+
+    def _by_handle(self, cgroup_id):
+        """The path of one cgroup from its id: kernfs file handles are the
+        64-bit node id (FILEID_KERNFS); the directory opened from it says
+        where it is (/proc/self/fd).  Needs CAP_DAC_READ_SEARCH, which
+        socktrace has; None on any failure (gone: ESTALE)."""
+        import ctypes
+        global _libc
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        handle = struct.pack("=Ii", 8, _FILEID_KERNFS) + struct.pack("=Q", cgroup_id)
+        try:
+            mfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fd = _libc.open_by_handle_at(mfd, ctypes.c_char_p(handle),
+                                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if fd < 0:
+                return None
+            try:
+                where = os.readlink("/proc/self/fd/%d" % fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(mfd)
+        root = os.path.normpath(self.root)
+        if where == root:
+            rel = "/"
+        elif where.startswith(root.rstrip("/") + "/"):
+            rel = where[len(root.rstrip("/")):]
+        else:
+            return None          # not below our mount (another cgroup namespace)
+        if len(self._paths) < self.max_dirs:
+            self._paths[cgroup_id] = rel
+        return rel
 
     def _walk(self):
         self.walks += 1
