@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import describe, start_socktrace
+from workload import free_port
 
 pytestmark = pytest.mark.bpf
 
@@ -445,11 +446,3 @@ def test_connections_accepted_by_an_older_listener_have_its_owner(tmp_path, by):
               and e["rport"] == cport]
     assert states and all(e["pid"] == me for e in states), describe(states)
 
-
-def free_port():
-    """A loopback port nothing holds a moment ago (bound, then released)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port

@@ -1011,16 +1011,8 @@ def _once(args, backend, keep, jobs, flags):
 
 
 def _once_height():
-    try:
-        v = int(os.environ.get("LINES", 0))
-    except ValueError:
-        v = 0
-    if v <= 0:
-        try:
-            v = os.get_terminal_size(sys.__stdout__.fileno()).lines
-        except (AttributeError, ValueError, OSError):
-            v = 40
-    return max(24, v)
+    from ..args import terminal_columns
+    return max(24, terminal_columns("LINES", "lines", 40))
 
 
 def _live(args, backend, keep, jobs, flags, screen):
