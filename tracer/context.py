@@ -1,6 +1,7 @@
 """Turn the kernel's context ids into what users read: cgroup, container, unit, netns.
 
-Every record carries a cgroup v2 id (bpf_get_current_cgroup_id()) and a
+Every record carries a cgroup v2 id (the socket's own, sk_cgrp_data: what
+sock_diag's INET_DIAG_CGROUP_ID and bpf_get_current_cgroup_id() give) and a
 network namespace inode.  Neither means anything to a person; a path like
 "/system.slice/nginx.service", a container id or "ip netns" name does.  The
 ids are cheap to carry and the names are not, so this module resolves each
