@@ -929,6 +929,25 @@ def docker_scope():
         scope.remove()
 
 
+def _filtered_run(trace, child, port, cport, ls, enter=None, since_mark=True):
+    """_context_exchange under a filtered trace (*enter*(pid) first, e.g.
+    into a cgroup), then everything stopped.  Returns the connection records
+    (since the exchange's mark, or all of the trace's) and the sockets."""
+    try:
+        if enter is not None:
+            enter(child.pid)
+        m, socks = _context_exchange(trace, child, port, cport, ls, test_side=False)
+        child.stop(grace=5)
+        time.sleep(0.3)
+    finally:
+        child.stop()
+        ls.close()
+        trace.stop()
+    assert trace.rc == 0, trace.stderr()
+    evs = trace.events(m) if since_mark else trace.events()
+    return [e for e in evs if e.get("type") in ("state", "closed", "socket")], socks
+
+
 def _context_exchange(trace, child, test_port, child_port, ls, test_side=True):
     """The child connects to the test's listener *ls* (test_port) and
     listens on child_port, which the test connects to.  The test's ends
@@ -1019,17 +1038,7 @@ def test_cgroup_filters(tmp_path, docker_scope, flag):
                             sentinel=child_sentinel(cgroup=sc.dir))
     ls = listener(4, port)
     child = Child(_peer, comm="st-docker")
-    try:
-        sc.add(child.pid)
-        m, socks = _context_exchange(trace, child, port, cport, ls, test_side=False)
-        child.stop(grace=5)
-        time.sleep(0.3)
-    finally:
-        child.stop()
-        ls.close()
-        trace.stop()
-    assert trace.rc == 0, trace.stderr()
-    evs = [e for e in trace.events(m) if e.get("type") in ("state", "closed", "socket")]
+    evs, socks = _filtered_run(trace, child, port, cport, ls, enter=sc.add)
     others = [e for e in evs if e["cgroup"] != sc.path]
     assert not others, "records of other cgroups with %s %s:\n%s" % (flag, arg, describe(others))
     for side in ("child client", "child server"):
@@ -1485,16 +1494,7 @@ def test_uid_filter(tmp_path):
                             sentinel=child_sentinel(uid=NOBODY))
     ls = listener(4, port)
     child = Child(_peer, comm="st-nobody", uid=NOBODY)
-    try:
-        m, socks = _context_exchange(trace, child, port, cport, ls, test_side=False)
-        child.stop(grace=5)
-        time.sleep(0.3)
-    finally:
-        child.stop()
-        ls.close()
-        trace.stop()
-    assert trace.rc == 0, trace.stderr()
-    evs = [e for e in trace.events() if e.get("type") in ("state", "closed", "socket")]
+    evs, socks = _filtered_run(trace, child, port, cport, ls, since_mark=False)
     others = [e for e in evs if e["uid"] != NOBODY]
     assert not others, "--uid %d let through:\n%s" % (NOBODY, describe(others))
     for side in ("child client", "child server"):

@@ -932,27 +932,26 @@ static char *put_closed(char *w, const Config *c, TsSlot *tc, Missing *miss,
 	w = put_tok(w, c, &c->reason, r->reason);
 	w = LIT(w, ",\"lower_bound\":");
 	w = put_bool(w, r->flags & ST_F_LOWER);
-	if (r->flags & ST_F_HEALTH) {
-		w = LIT(w, ",\"bytes_sent\":");
-		w = put_u64(w, r->bytes_acked);
-		w = LIT(w, ",\"bytes_received\":");
-		w = put_u64(w, r->bytes_received);
-		w = LIT(w, ",\"segs_out\":");
-		w = put_u64(w, r->segs_out);
-		w = LIT(w, ",\"segs_in\":");
-		w = put_u64(w, r->segs_in);
-		w = LIT(w, ",\"retrans\":");
-		w = put_u64(w, r->retrans);
-		w = LIT(w, ",\"rtt_us\":");
-		w = put_u64(w, r->srtt_us);
-		w = LIT(w, ",\"rttvar_us\":");
-		w = put_u64(w, r->rttvar_us);
-		w = LIT(w, ",\"syn_retrans\":");
-		w = r->syn_retrans != ST_NONE_U32 ? put_u64(w, r->syn_retrans) : LIT(w, "null");
-	} else {
-		w = LIT(w, ",\"bytes_sent\":null,\"bytes_received\":null,\"segs_out\":null,"
-			"\"segs_in\":null,\"retrans\":null,\"rtt_us\":null,\"rttvar_us\":null,"
-			"\"syn_retrans\":null");
+	/* records.closed_record's health, in its order; null unless read */
+	{
+		static const char *const key[8] = {
+			",\"bytes_sent\":", ",\"bytes_received\":", ",\"segs_out\":",
+			",\"segs_in\":", ",\"retrans\":", ",\"rtt_us\":", ",\"rttvar_us\":",
+			",\"syn_retrans\":",
+		};
+		const uint64_t val[8] = {
+			r->bytes_acked, r->bytes_received, r->segs_out, r->segs_in, r->retrans,
+			r->srtt_us, r->rttvar_us, r->syn_retrans,
+		};
+		int known = r->flags & ST_F_HEALTH;
+
+		for (int i = 0; i < 8; i++) {
+			w = put(w, key[i], strlen(key[i]));
+			if (known && !(i == 7 && r->syn_retrans == ST_NONE_U32))
+				w = put_u64(w, val[i]);
+			else
+				w = LIT(w, "null");
+		}
 	}
 	return put(w, c->arena + c->tail_off, c->tail_len);
 }

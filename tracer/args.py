@@ -125,18 +125,12 @@ class Cgroup(tuple):
 
 def cgroup(text):
     from .context import Cgroups, ContextError
+    cg = Cgroups()
     try:
-        cid, level = Cgroups().id_of(text)
+        cid, level = cg.id_of(text)
     except ContextError as e:
         raise argparse.ArgumentTypeError(str(e))
-    from .context import cgroup2_root
-    import os
-    root = os.path.normpath(cgroup2_root() or "/")
-    path = os.path.normpath(text)
-    if path == root or path.startswith(root.rstrip("/") + "/"):
-        path = path[len(root):] or "/"
-    path = "/" + "/".join(c for c in path.split("/") if c)
-    return Cgroup((path, cid, level))
+    return Cgroup((cg.path(cid), cid, level))     # the path as id_of normalised it
 
 
 def container(text):

@@ -285,37 +285,29 @@ class BpfBackend(Backend):
         """Offsets for each record's context (uid, cgroup) and a closed
         record's health, and for the acceptor as owner: each group on its
         own, so that a kernel without one field loses that field only (a
-        note says which)."""
+        note says which).  A group may have a second layout to try (the
+        cgroup before 5.15), with the -D it needs."""
         from . import btf
 
         flags = []
-        for what, macros in _CONTEXT_MACROS:
-            wanted = {}
-            for struct_name, member in macros.values():
-                wanted.setdefault(struct_name, []).append(member)
-            try:
-                offs = btf.member_offsets(wanted)
-            except btf.BTFError as e:
-                if what == "cgroup":
-                    # before 5.15, sock_cgroup_data is a union whose val is
-                    # the cgroup pointer when its bit 0 is clear
-                    try:
-                        old = dict(macros, ST_OFF_SK_CGROUP=("sock_cgroup_data", "val"))
-                        wanted["sock_cgroup_data"] = ["val"]
-                        offs = btf.member_offsets(wanted)
-                        macros = old
-                        flags.append("-DST_CGROUP_VAL")
-                    except btf.BTFError:
-                        self.notes.append("no %s: %s" % (what, e))
-                        continue
-                else:
-                    self.notes.append("no %s: %s" % (what, e))
+        for what, layouts in _CONTEXT_MACROS:
+            for extra, macros in layouts:
+                wanted = {}
+                for chain in macros.values():
+                    for struct_name, member in chain:
+                        wanted.setdefault(struct_name, []).append(member)
+                try:
+                    offs = btf.member_offsets(wanted)
+                except btf.BTFError as e:
+                    why = e
                     continue
-            for macro, key in macros.items():
-                off = offs[key][0]
-                if macro == "ST_OFF_SK_CGROUP":       # sock.sk_cgrp_data + member
-                    off += offs[("sock", "sk_cgrp_data")][0]
-                flags.append("-D%s=%d" % (macro, off))
+                # a chain of members (struct sock's sk_cgrp_data, then its
+                # cgroup pointer) is one offset: their sum
+                flags += extra + ["-D%s=%d" % (macro, sum(offs[k][0] for k in chain))
+                                  for macro, chain in macros.items()]
+                break
+            else:
+                self.notes.append("no %s: %s" % (what, why))
         return flags
 
     def _raw_tp_flags(self):
@@ -479,9 +471,10 @@ class BpfBackend(Backend):
         listeners = [r for r in rows if r.state == states.LISTEN]
         # request sockets (sock_diag shows them as SYN_RECV) become new
         # full sockets of their own: no seeds
+        own_ns = sockdiag.own_netns_inode() if self.netns else None
         rows = [r for r in rows if r.cookie and r.state not in _REQUEST and matches(
             {"type": "socket", "family": r.family, "lport": r.lport, "rport": r.rport})
-            and self._seed_wanted(r)]
+            and self._seed_wanted(r, own_ns)]
         owned = _owners_of(rows + [r for r in listeners if r not in rows])
         listening = {(r.family, r.lport) for r in rows if r.state == states.LISTEN}
         table = self._bpf[b"seeds"]
@@ -511,13 +504,13 @@ class BpfBackend(Backend):
             self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
         self._seed_listeners(listeners, owned)
 
-    def _seed_wanted(self, r):
+    def _seed_wanted(self, r, own_ns):
         """The context filters for a socket older than us.  A full socket's
         first transition is decided by the program itself (it reads the
         socket); a timewait socket ends through the timer programs, which do
         not filter, so one passes only when sock_diag can decide: it shows
         no uid and no cgroup for it."""
-        if self.netns and sockdiag_own_netns() not in self.netns:
+        if self.netns and own_ns not in self.netns:
             return False
         tw = r.state == states.TIME_WAIT
         if self.uids and (tw or r.uid not in self.uids):
@@ -986,32 +979,36 @@ _RAW_TP_MACROS = {
 # BTF offsets of what the program reads for context, health and the
 # acceptor (see its header comment), by group: a group missing from a
 # kernel's BTF costs that group's fields only.
+_CGROUP = {"ST_OFF_SK_CGROUP": (("sock", "sk_cgrp_data"), ("sock_cgroup_data", "cgroup")),
+           "ST_OFF_CGROUP_KN": (("cgroup", "kn"),),
+           "ST_OFF_KN_ID": (("kernfs_node", "id"),)}
 _CONTEXT_MACROS = (
-    ("uid", {"ST_OFF_SK_UID": ("sock", "sk_uid")}),
-    ("cgroup", {"ST_OFF_SK_CGROUP": ("sock_cgroup_data", "cgroup"),
-                "ST_OFF_SK_CGRP_DATA": ("sock", "sk_cgrp_data"),
-                "ST_OFF_CGROUP_KN": ("cgroup", "kn"),
-                "ST_OFF_KN_ID": ("kernfs_node", "id")}),
-    ("health (bytes, segments, RTT, retransmits)", {
-        "ST_OFF_TP_BYTES_ACKED": ("tcp_sock", "bytes_acked"),
-        "ST_OFF_TP_BYTES_RECEIVED": ("tcp_sock", "bytes_received"),
-        "ST_OFF_TP_SEGS_OUT": ("tcp_sock", "segs_out"),
-        "ST_OFF_TP_SEGS_IN": ("tcp_sock", "segs_in"),
-        "ST_OFF_TP_TOTAL_RETRANS": ("tcp_sock", "total_retrans"),
-        "ST_OFF_TP_SRTT_US": ("tcp_sock", "srtt_us"),
-        "ST_OFF_TP_MDEV_US": ("tcp_sock", "mdev_us")}),
-    ("resets sent by an aborting close()", {
-        "ST_OFF_TP_RCV_NXT": ("tcp_sock", "rcv_nxt"),
-        "ST_OFF_TP_COPIED_SEQ": ("tcp_sock", "copied_seq"),
-        "ST_OFF_SK_LINGERTIME": ("sock", "sk_lingertime"),
-        "ST_OFF_SKC_FLAGS": ("sock_common", "skc_flags")}),
-    ("acceptors as owners", {
-        "ST_OFF_TASK_FILES": ("task_struct", "files"),
-        "ST_OFF_FILES_FDT": ("files_struct", "fdt"),
-        "ST_OFF_FDT_FD": ("fdtable", "fd"),
-        "ST_OFF_FDT_MAX": ("fdtable", "max_fds"),
-        "ST_OFF_FILE_PRIVATE": ("file", "private_data"),
-        "ST_OFF_SOCKET_SK": ("socket", "sk")}),
+    ("uid", [([], {"ST_OFF_SK_UID": (("sock", "sk_uid"),)})]),
+    # before 5.15 sock_cgroup_data is a union whose val is the cgroup
+    # pointer when its bit 0 is clear
+    ("cgroup", [([], _CGROUP),
+                (["-DST_CGROUP_VAL"], dict(_CGROUP, ST_OFF_SK_CGROUP=(
+                    ("sock", "sk_cgrp_data"), ("sock_cgroup_data", "val"))))]),
+    ("health (bytes, segments, RTT, retransmits)", [([], {
+        "ST_OFF_TP_BYTES_ACKED": (("tcp_sock", "bytes_acked"),),
+        "ST_OFF_TP_BYTES_RECEIVED": (("tcp_sock", "bytes_received"),),
+        "ST_OFF_TP_SEGS_OUT": (("tcp_sock", "segs_out"),),
+        "ST_OFF_TP_SEGS_IN": (("tcp_sock", "segs_in"),),
+        "ST_OFF_TP_TOTAL_RETRANS": (("tcp_sock", "total_retrans"),),
+        "ST_OFF_TP_SRTT_US": (("tcp_sock", "srtt_us"),),
+        "ST_OFF_TP_MDEV_US": (("tcp_sock", "mdev_us"),)})]),
+    ("resets sent by an aborting close()", [([], {
+        "ST_OFF_TP_RCV_NXT": (("tcp_sock", "rcv_nxt"),),
+        "ST_OFF_TP_COPIED_SEQ": (("tcp_sock", "copied_seq"),),
+        "ST_OFF_SK_LINGERTIME": (("sock", "sk_lingertime"),),
+        "ST_OFF_SKC_FLAGS": (("sock_common", "skc_flags"),)})]),
+    ("acceptors as owners", [([], {
+        "ST_OFF_TASK_FILES": (("task_struct", "files"),),
+        "ST_OFF_FILES_FDT": (("files_struct", "fdt"),),
+        "ST_OFF_FDT_FD": (("fdtable", "fd"),),
+        "ST_OFF_FDT_MAX": (("fdtable", "max_fds"),),
+        "ST_OFF_FILE_PRIVATE": (("file", "private_data"),),
+        "ST_OFF_SOCKET_SK": (("socket", "sk"),)})]),
 )
 
 _CGROUP_FILTERS = 8                   # ST_CGROUP_FILTERS in the program
@@ -1071,11 +1068,6 @@ def _raw16(family, text):
     if family == 4:
         return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
     return socket.inet_pton(socket.AF_INET6, text)
-
-
-def sockdiag_own_netns():
-    from . import sockdiag
-    return sockdiag.own_netns_inode()
 
 
 def _owners_of(rows):

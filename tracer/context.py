@@ -240,6 +240,21 @@ def _is_pod_dir(parts, i):
                                 and parts[i - 2] == "kubepods")
 
 
+def process_cgroup(pid, proc_root="/proc"):
+    """The cgroup v2 path of a process (its "0::" line in /proc/PID/cgroup),
+    or None (gone, or no v2 line).  Bytes that are not UTF-8 become \\xNN,
+    as in every string from the system (tracer/text.py)."""
+    from .text import decode
+    try:
+        with open("%s/%d/cgroup" % (proc_root, pid), "rb") as f:
+            for line in f:
+                if line.startswith(b"0::"):
+                    return decode(line[3:].rstrip(b"\n"))
+    except OSError:
+        pass
+    return None
+
+
 def container_id(path):
     """The (innermost) container id a cgroup path names, 64 lowercase hex, or None.
 

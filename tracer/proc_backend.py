@@ -94,7 +94,7 @@ import time
 
 from . import hist, procnet, records, spec, states, wire
 from .backend import Backend, Failure
-from .text import decode as decode_name
+from .context import container_id, process_cgroup, unit
 
 SOURCE = "proc"
 TIME_WAIT_LEN_NS = 60 * 1_000_000_000      # TCP_TIMEWAIT_LEN, fixed in the kernel
@@ -177,20 +177,6 @@ def scan(data):
         if gc_was_enabled:
             gc.enable()
     return header, snap, keys, lines
-
-
-def _read_cgroup(proc_root, pid):
-    """The cgroup v2 path of a process ("0::/system.slice/x.service" in
-    /proc/PID/cgroup), or None (gone, or no v2 line).  Bytes that are not
-    UTF-8 become \\xNN, as in every string from the system (tracer/text.py)."""
-    try:
-        with open("%s/%d/cgroup" % (proc_root, pid), "rb") as f:
-            for line in f:
-                if line.startswith(b"0::"):
-                    return decode_name(line[3:].rstrip(b"\n"))
-    except OSError:
-        pass
-    return None
 
 
 class _Sock:
@@ -573,13 +559,12 @@ class ProcBackend(Backend):
         """A socket's context from what /proc gives: the namespace polled,
         the uid column (0 for TIME_WAIT: not its owner's), and the cgroup of
         its owner process (/proc/PID/cgroup), read once per process."""
-        from .context import container_id, unit
         uid = None if ps.state == _TW else ps.uid
         path = None
         if s.pid:
             path = self._cgroup_of.get(s.pid)
             if path is None:
-                path = self._cgroup_of[s.pid] = _read_cgroup(self.proc_root, s.pid) or ""
+                path = self._cgroup_of[s.pid] = process_cgroup(s.pid, self.proc_root) or ""
                 if len(self._cgroup_of) > 65536:
                     self._cgroup_of.clear()
         path = path or None

@@ -375,22 +375,16 @@ class Match:
                     continue
                 if self.containers:
                     from ..context import container_id
-                    if not (container_id(path) or "x").startswith(self.containers):
+                    cid = container_id(path)
+                    if cid is None or not cid.startswith(self.containers):
                         continue
             return True
         return False
 
     def _cgroup(self, pid):
         if pid not in self._cgroup_of:
-            path = None
-            try:
-                with open("/proc/%d/cgroup" % pid, "rb") as f:
-                    for line in f:
-                        if line.startswith(b"0::"):
-                            path = line[3:].rstrip(b"\n").decode("utf-8", "surrogateescape")
-            except OSError:
-                pass
-            self._cgroup_of[pid] = path
+            from ..context import process_cgroup
+            self._cgroup_of[pid] = process_cgroup(pid)
         return self._cgroup_of[pid]
 
     def _in(self, text):
