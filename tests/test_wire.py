@@ -125,3 +125,20 @@ def test_end_counters_follow_the_end_enum():
         assert wire.COUNTERS[base + num] == "end_" + name
     assert max(wire.COUNTERS) == len(wire.COUNTERS) - 1      # contiguous: one slot's width
     assert not any(n.startswith("end_") or n == "lower" for n in wire.LOSS_COUNTERS)
+
+
+def test_reconciliations_projection_reads_the_same_fields_as_the_whole_story():
+    """wire.STORY_WHERE unpacks four fields of each story and skips the rest;
+    on random bytes it must give what the whole decode gives, and
+    story_at/seed_at the i-th of a batch."""
+    import random
+    rng = random.Random(7)
+    data = bytes(rng.getrandbits(8) for _ in range(wire.STORY.size * 5))
+    whole = wire.stories(data)
+    assert wire.STORY_WHERE.size == wire.STORY.size
+    assert list(wire.STORY_WHERE.iter_unpack(data)) == [
+        (s.sport, s.dport, s.family, s.netns) for s in whole]
+    assert [wire.story_at(data, i) for i in range(5)] == whole
+    seeds = bytes(rng.getrandbits(8) for _ in range(wire.SEED.size * 3))
+    assert [wire.seed_at(seeds, i) for i in range(3)] == [
+        wire.Seed._make(t) for t in wire.SEED.iter_unpack(seeds)]

@@ -17,6 +17,7 @@ auto`` can fall back to /proc and ``--backend bpf`` can fail clearly.
 import ctypes
 import errno
 import mmap
+import operator
 import os
 import platform
 import select
@@ -721,11 +722,11 @@ class BpfBackend(Backend):
         fam = v.family
         return (fam, fmt.addr(fam, v.saddr), v.sport, fmt.addr(fam, v.daddr), v.dport)
 
-    def _dump(self):
+    def _dump(self, info=True):
         from . import sockdiag
 
         try:
-            return sockdiag.dump(info=True), sockdiag.own_netns_inode()
+            return sockdiag.dump(info=info), sockdiag.own_netns_inode()
         except (sockdiag.SockDiagError, OSError) as e:
             raise Failure("cannot list sockets (sock_diag): %s" % e)
 
@@ -802,34 +803,44 @@ class BpfBackend(Backend):
         two dumps in a row is ended with a closed record (end "unknown")
         and removed: two, because a dump and a read of the maps are not
         one atomic view, and a socket that just closed has its own end."""
-        rows, netns = self._dump()
+        rows, netns = self._dump(info=False)       # tcp_info: not needed here
         # by family and ports, not addresses: no text to make for 100k
         # stories, and a story another socket's ports match only stays a
-        # little longer (ids are never ended by mistake)
-        present = {(r.family, r.lport, r.rport) for r in rows}
-        cookies = {r.cookie for r in rows}
-        found, seeds = self.stories()
+        # little longer (ids are never ended by mistake).  Only those four
+        # fields of each story are unpacked (wire.STORY_WHERE): decoding
+        # 100k stories whole took 0.27 s of this thread's 0.69 s.
+        from .sockdiag import DiagSocket
+        at = DiagSocket._fields.index
+        present = set(map(operator.itemgetter(at("family"), at("lport"), at("rport")), rows))
+        cookies = set(map(operator.itemgetter(at("cookie")), rows))
         now = time.monotonic_ns()
-        missing = set()
-        for v, where, key in found:
+        missing, data_of = [], {}
+        for where in ("socks", "tws"):
+            keys, data = _batch_read(self._bpf[where.encode()])
+            data_of[where] = (keys, data)
             # a client still connecting has no local port in its story yet
             # (it is chosen after CLOSE -> SYN_SENT): it cannot be matched
-            if v.netns == netns and v.sport and (v.family, v.sport, v.dport) not in present:
-                missing.add((where, key))
-        for cookie in seeds:
-            if cookie not in cookies:
-                missing.add(("seeds", cookie))
-        gone, self._suspects = missing & self._suspects, missing - self._suspects
+            missing += [((where, keys[i]), i) for i, (sport, dport, fam, ns)
+                        in enumerate(wire.STORY_WHERE.iter_unpack(data))
+                        if ns == netns and sport and (fam, sport, dport) not in present]
+        # seeds: sockets older than us that have not moved yet
+        keys, data = _batch_read(self._bpf[b"seeds"])
+        data_of["seeds"] = (keys, data)
+        missing += [(("seeds", cookie), i) for i, cookie in enumerate(keys)
+                    if cookie not in cookies]
+        missing = dict(missing)
+        gone = missing.keys() & self._suspects
+        self._suspects = missing.keys() - gone
         out = []
-        stories = {(where, key): v for v, where, key in found}
         for where, key in sorted(gone):
             table = self._bpf[where.encode()]
-            v = stories.get((where, key)) or seeds.get(key)
+            data = data_of[where][1]
+            v = (wire.seed_at if where == "seeds" else wire.story_at)(data, missing[where, key])
             try:
                 del table[table.Key(key)]
             except KeyError:
                 continue             # it ended meanwhile, with its own record
-            if v is not None and records._ROLE.get(getattr(v, "role", 0)) != "listener":
+            if records._ROLE.get(getattr(v, "role", 0)) != "listener":
                 out.append(self._vanished(v, where, key, now))
         return out
 

@@ -108,6 +108,56 @@ SIZES = {KIND_STATE: STATE.size, KIND_CLOSED: CLOSED.size}
 Seed = namedtuple("Seed", SEED_FIELDS)
 
 
+def _projection(struct_, names, wanted):
+    """A struct.Struct of the same size as *struct_* that unpacks only the
+    *wanted* fields (in that order; the rest are pad bytes): reading four
+    fields of 100k stories this way takes a tenth of decoding them whole.
+    *names* is *struct_*'s format as (name, code) pairs, in order."""
+    offsets, off = {}, 0
+    for name, code in names:
+        size = struct.calcsize("<" + code)
+        offsets[name] = (off, code)
+        off += size
+    assert off == struct_.size, (off, struct_.size)
+    fmt, at = "<", 0
+    for name in sorted(wanted, key=lambda n: offsets[n][0]):
+        o, code = offsets[name]
+        fmt += "%dx%s" % (o - at, code) if o > at else code
+        at = o + struct.calcsize("<" + code)
+    fmt += "%dx" % (struct_.size - at)
+    order = sorted(wanted, key=lambda n: offsets[n][0])
+    assert list(order) == list(wanted), "name the wanted fields in struct order"
+    return struct.Struct(fmt)
+
+
+# st_story's items with their codes, for projections (checked: the sizes add up)
+_STORY_CODES = (
+    [("conn", "Q"), ("start_ns", "Q"), ("ts", "Q"), ("spent", "%dQ" % NR_STATES),
+     ("deadline", "Q"), ("len_j", "Q"), ("saddr", "16s"), ("daddr", "16s"),
+     ("sport", "H"), ("dport", "H"), ("pid", "I"), ("uid", "I")]
+    + [(n, "B") for n in ("family", "owner_from", "role", "flags", "state", "cur_lower",
+                          "path_len", "held")]
+    + [("path", "%ds" % PATH_LEN), ("comm", "%ds" % COMM_LEN), ("pad", "4x"),
+       ("cgroup", "Q"), ("netns", "I"), ("syn_retrans", "I"), ("bytes_acked", "Q"),
+       ("bytes_received", "Q")]
+    + [(n, "I") for n in ("segs_out", "segs_in", "retrans", "srtt_us", "rttvar_us", "pad2")])
+# what reconciliation compares with sock_diag: (sport, dport, family, netns)
+STORY_WHERE = _projection(STORY, _STORY_CODES,
+                          ("sport", "dport", "family", "netns"))
+
+
+def story_at(data, i):
+    """The i-th st_story of a map's batch read."""
+    t = STORY.unpack_from(data, i * STORY.size)
+    n = NR_STATES
+    return Story._make(t[:3] + (t[3:3 + n],) + t[3 + n:])
+
+
+def seed_at(data, i):
+    """The i-th st_seed of a map's batch read."""
+    return Seed._make(SEED.unpack_from(data, i * SEED.size))
+
+
 def stories(data):
     """st_story values back to back (a map's batch read) -> [Story]."""
     n = NR_STATES
