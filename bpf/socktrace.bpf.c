@@ -82,9 +82,14 @@
 #define ST_ETIMEDOUT	110
 #define ST_ECONNREFUSED	111
 
-/* A timewait arm belongs to the set_state that follows it on the same CPU;
- * anything older is someone else's. */
+/* A timewait arm belongs to a set_state(CLOSE) that follows it on the same
+ * CPU, of a socket with its ports (take_arm); without the ports to compare,
+ * to the next one only, and soon. */
+#ifdef ST_OFF_TW_PORTS
+#define ST_ARM_WINDOW_NS	(100 * 1000 * 1000ULL)
+#else
 #define ST_ARM_WINDOW_NS	(1000 * 1000ULL)
+#endif
 /* connect() cancels a reused timewait timer within the same syscall. */
 #define ST_CONNECT_WINDOW_NS	(10 * 1000 * 1000ULL)
 #define ST_TIME_WAIT_LEN_S	60
@@ -150,22 +155,34 @@ struct st_tuple {
 };
 BPF_HASH(fw2_tuples, struct st_tuple, __u64, ST_MAX_SOCKS);
 
-/* The last connect() of each thread, to tell a timewait reuse. */
+/* The last connect() of each thread, to tell a timewait reuse: connect()
+ * takes over a timewait socket while its own socket is in SYN_SENT. */
 struct st_connect {
 	__u64 ts;
+	__u64 sk;
 	struct st_tuple t;
 };
 BPF_TABLE("lru_hash", __u64, struct st_connect, connecting, 16384);
 
-/* Per CPU: a timewait arm waiting for its set_state, and a timewait timer
- * cancel waiting to be told apart from a re-arm (cancel + start). */
+/* Per CPU: timewait arms waiting for their set_state, and a timewait timer
+ * cancel waiting to be told apart from a re-arm (cancel + start).  Arms are
+ * kept four deep: tcp_time_wait() arms the timer with softirqs off and turns
+ * them on before its set_state(CLOSE), so pending softirqs run in between,
+ * and may hand other sockets to timewait sockets of their own (seen on 6.1
+ * under emulation: an arm that waited 1 ms was taken for no socket's). */
 struct st_arm {
 	__u64 timer;
 	__u64 expires;
 	__u64 now;
 	__u64 ts;
 };
-BPF_PERCPU_ARRAY(pending_arm, struct st_arm, 1);
+#define ST_ARMS 4
+struct st_arms {
+	__u32 next;
+	__u32 pad;
+	struct st_arm slot[ST_ARMS];
+};
+BPF_PERCPU_ARRAY(pending_arm, struct st_arms, 1);
 struct st_cancel {
 	__u64 timer;
 	__u64 ts;
@@ -800,6 +817,35 @@ static __always_inline int tw_rearmed(__u64 timer, struct st_story *tw)
 #endif
 }
 
+/* The timewait arm of a socket closing now with these ports (host order),
+ * taken off this CPU's list: 0 when there is none. */
+static __always_inline int take_arm(struct st_arm *out, __u16 sport, __u16 dport, __u64 now)
+{
+	int zero = 0;
+	struct st_arms *arms = pending_arm.lookup(&zero);
+
+	if (!arms)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < ST_ARMS; i++) {
+		/* newest first */
+		struct st_arm *a = &arms->slot[(arms->next - 1 - i) & (ST_ARMS - 1)];
+		if (!a->timer || now - a->ts >= ST_ARM_WINDOW_NS)
+			continue;
+#ifdef ST_OFF_TW_PORTS
+		__u16 ports[2] = {};	/* skc_dport (network order), skc_num */
+		bpf_probe_read_kernel(ports, sizeof(ports),
+				      (void *)(a->timer - ST_OFF_TW_TIMER + ST_OFF_TW_PORTS));
+		if (__builtin_bswap16(ports[0]) != dport || ports[1] != sport)
+			continue;
+#endif
+		__builtin_memcpy(out, a, sizeof(*out));
+		a->timer = 0;
+		return 1;
+	}
+	return 0;
+}
+
 /* A pending timewait cancel on this CPU was not followed by a re-arm of the
  * same timer: the timewait socket is gone.  Its end, and its story. */
 static __always_inline void tw_end(void *ctx, struct st_cancel *pc, int slot)
@@ -1011,11 +1057,9 @@ static __always_inline int filtered_out(__u64 sk, int new, __u16 sport, __u16 dp
 	return 0;
 out: __attribute__((unused));
 	if (new == TCP_CLOSE) {
-		int zero = 0;
-		struct st_arm *arm = pending_arm.lookup(&zero);
 		/* its timewait arm, if any, must not be taken by another socket */
-		if (arm)
-			arm->timer = 0;
+		struct st_arm arm;
+		take_arm(&arm, sport, dport, bpf_ktime_get_ns());
 #if defined(ST_FILTER_LPORTS) && !defined(ST_LATE_CHILD_TUPLE)
 		forget_sock(sk);
 #endif
@@ -1157,14 +1201,13 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	 * when the peer has not sent its FIN yet (tcp_fin_timeout). */
 	if (new == TCP_CLOSE && (old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 ||
 				 old == TCP_CLOSING) && ST_TW_HANDLER) {
-		struct st_arm *arm = pending_arm.lookup(&zero);
-		if (arm && arm->timer && now - arm->ts < ST_ARM_WINDOW_NS) {
-			__u64 timer = arm->timer;
+		struct st_arm arm;
+		if (take_arm(&arm, sport, dport, now)) {
+			__u64 timer = arm.timer;
 			__u8 sub = read_substate(timer);
 
-			arm->timer = 0;
-			s->deadline = arm->expires;
-			s->len_j = arm->expires - arm->now;
+			s->deadline = arm.expires;
+			s->len_j = arm.expires - arm.now;
 			/* the full socket's last chance: our FIN was acknowledged
 			 * (FIN_WAIT2, or TIME_WAIT straight away); the peer's came
 			 * if the timewait socket starts in TIME_WAIT */
@@ -1276,6 +1319,7 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 		__u64 id = bpf_get_current_pid_tgid();
 		struct st_connect c = {};
 		c.ts = now;
+		c.sk = sk;
 		tuple_of(&c.t, s);
 		connecting.update(&id, &c);
 	}
@@ -1369,12 +1413,14 @@ static __always_inline int on_timer_start(void *ctx, __u64 timer, __u64 function
 		return 0;
 	}
 	/* A new timewait socket: its set_state(CLOSE) follows on this CPU. */
-	struct st_arm *arm = pending_arm.lookup(&zero);
-	if (arm) {
-		arm->timer = timer;
-		arm->expires = expires;
-		arm->now = now;
-		arm->ts = bpf_ktime_get_ns();
+	struct st_arms *arms = pending_arm.lookup(&zero);
+	if (arms) {
+		struct st_arm *a = &arms->slot[arms->next & (ST_ARMS - 1)];
+		a->timer = timer;
+		a->expires = expires;
+		a->now = now;
+		a->ts = bpf_ktime_get_ns();
+		arms->next++;
 	}
 	return 0;
 }
@@ -1414,10 +1460,13 @@ static __always_inline int on_timer_cancel(void *ctx, __u64 timer, __u64 functio
 	}
 	pc->reason = ST_REASON_KILLED;
 	/* Reused by connect(): the same thread just went CLOSE->SYN_SENT
-	 * toward the same peer. */
+	 * toward the same peer, and that socket is still connecting (the
+	 * 6.1 guest, slow under emulation, had a timewait socket killed 3 ms
+	 * after its own connect() was through: not a reuse). */
 	__u64 id = bpf_get_current_pid_tgid();
 	struct st_connect *c = connecting.lookup(&id);
-	if (c && pc->ts - c->ts < ST_CONNECT_WINDOW_NS &&
+	struct st_story *cs = c ? socks.lookup(&c->sk) : 0;
+	if (c && cs && cs->state == TCP_SYN_SENT && pc->ts - c->ts < ST_CONNECT_WINDOW_NS &&
 	    c->t.rport == tw->dport &&
 	    (c->t.lport == 0 || c->t.lport == tw->sport)) {
 		pc->reason = ST_REASON_REUSED;
