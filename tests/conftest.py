@@ -405,6 +405,13 @@ def _no_stray_socktrace():
     del _STARTED[mark:]
 
 
+def hangup_default():
+    """preexec_fn for a socktrace whose SIGHUP a test sends: socktrace keeps a
+    signal ignored by whoever started it (nohup), and a suite run under
+    nohup would hand that on."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start_socktrace(path, args=(), sentinel=listen_sentinel, keep=None,
                     timeout=READY_TIMEOUT, env=None):
     """Start ``socktrace --backend bpf -o path ARGS`` and return its Trace
@@ -418,7 +425,8 @@ def start_socktrace(path, args=(), sentinel=listen_sentinel, keep=None,
     cmd = [SOCKTRACE, "--backend", "bpf", "-o", path] + args
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, cwd=ROOT, env=dict(os.environ, **(env or {})))
+                                stderr=err, cwd=ROOT, env=dict(os.environ, **(env or {})),
+                                preexec_fn=hangup_default)
     trace = Trace(path, proc, err_path, args, keep=keep)
     _STARTED.append(trace)
     preds = []

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from conftest import (READY_TIMEOUT, ROOT, SOCKTRACE, STOP_TIMEOUT, listen_sentinel,
-                      start_socktrace, whole_lines)
+from conftest import (READY_TIMEOUT, ROOT, SOCKTRACE, STOP_TIMEOUT, hangup_default,
+                      listen_sentinel, start_socktrace, whole_lines)
 
 from tracer import text
 
@@ -42,20 +42,29 @@ def one_line_error(r, status, *words):
 
 def connections(n, family=4):
     """n loopback connections, client closes first; returns the listener port."""
+    return client_ports(n, family)[0]
+
+
+def client_ports(n, family=4):
+    """connections(): (the listener port, the clients' ports).  The listener
+    port alone does not pick a run's connections out: a port number comes
+    back, and the sentinels' connections of the same process had it too."""
     fam, host = (socket.AF_INET, "127.0.0.1") if family == 4 else (socket.AF_INET6, "::1")
     ls = socket.socket(fam)
     ls.bind((host, 0))
     ls.listen(64)
     port = ls.getsockname()[1]
+    clients = set()
     try:
         for _ in range(n):
             c = socket.create_connection((host, port), timeout=5)
+            clients.add(c.getsockname()[1])
             a, _ = ls.accept()
             c.close()
             a.close()
     finally:
         ls.close()
-    return port
+    return port, clients
 
 
 def received(stderr):
@@ -426,7 +435,8 @@ def test_signal_ends_the_run_with_everything_written(tmp_path, sig):
     with open(path, "wb") as out:
         proc = subprocess.Popen([SOCKTRACE, "--backend", "bpf"], stdout=out,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                cwd=ROOT, env=dict(os.environ, SOCKTRACE_RECONCILE_S="3600"))
+                                cwd=ROOT, env=dict(os.environ, SOCKTRACE_RECONCILE_S="3600"),
+                                preexec_fn=hangup_default)
     try:
         deadline = time.monotonic() + READY_TIMEOUT * 2
         while time.monotonic() < deadline:
@@ -439,7 +449,7 @@ def test_signal_ends_the_run_with_everything_written(tmp_path, sig):
             time.sleep(0.2)
         else:
             pytest.fail("socktrace not ready after %.0f s" % (READY_TIMEOUT * 2))
-        port = connections(30)
+        port, clients = client_ports(30)
         time.sleep(0.3)             # the last LAST_ACK -> CLOSE comes with the peer's ACK
         proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=STOP_TIMEOUT * 2)
@@ -451,11 +461,11 @@ def test_signal_ends_the_run_with_everything_written(tmp_path, sig):
     assert "Traceback" not in err and "transitions" in err, err
     recs = whole_lines(path)
     assert len([e for e in recs if e["type"] in ("state", "closed")]) == received(err)
-    # the accepted sides; a client of an earlier test whose TIME_WAIT on this
-    # port number ended during the run also has lport == port (CI, stop 21)
-    me = os.getpid()
+    # the accepted sides, by their whole 4-tuple: in CI an earlier
+    # connection with this listener's port number ended during the run
+    # (a client's TIME_WAIT; a readiness sentinel's accepted socket)
     assert len([e for e in recs if e["type"] == "closed" and e["lport"] == port
-                and e["role"] == "server" and e["pid"] == me]) == 30
+                and e["rport"] in clients and e["role"] == "server"]) == 30
 
 
 @pytest.mark.bpf
