@@ -105,14 +105,15 @@ def c_format(span, wall_offset, source="bpf"):
     if _configured[0] != (wall_offset, source):
         _fmt.configure(*build_config(wall_offset, source, _cgroups))
         _configured[0] = (wall_offset, source)
-    out, bad, missing = _fmt.format(span)
+    out, bad, missing, lines = _fmt.format(span)
     while missing:                 # at most 64 a call; each round adds them
         assert (out, bad) == (b"", 0)
         for cid in missing:
             assert cid not in _cgroups
             _cgroups[cid] = FakeContext().describe(cid)
         _fmt.configure(*build_config(wall_offset, source, _cgroups))
-        out, bad, missing = _fmt.format(span)
+        out, bad, missing, lines = _fmt.format(span)
+    assert lines == out.count(b"\n")       # what read_ndjson reports as received
     return out, bad
 
 
@@ -554,7 +555,7 @@ def test_configure_other_names():
                   states=tuple(None if n is None else n.lower() for n in tables["states"]))
     _fmt.configure(off, tables)
     _configured[0] = None
-    out, bad, missing = _fmt.format(span)
+    out, bad, missing, lines = _fmt.format(span)
     assert not missing
     line = orjson.loads(out.split(b"\n", 1)[0])
     assert line["source"] == "p\"r\\o\nc\u00e9" and bad == 0
@@ -587,7 +588,7 @@ LONG_CONTEXT = ("\x01" * 4095, "f" * 64, "\x01" * 255)
 
 def _check_bounds(span):
     state_max, closed_max = _fmt._bounds()
-    out, bad, missing = _fmt.format(span)
+    out, bad, missing, lines = _fmt.format(span)
     assert bad == 0 and not missing
     for line in out.splitlines(keepends=True):
         orjson.loads(line)

@@ -959,7 +959,7 @@ static char *put_closed(char *w, const Config *c, TsSlot *tc, Missing *miss,
 /* records.walk + decode: the lines of the span's records, written at out
  * (room for out_bound() bytes); returns their length. */
 static size_t format_span(const Config *c, const unsigned char *p, size_t end,
-			  char *out, Py_ssize_t *bad, Missing *miss)
+			  char *out, Py_ssize_t *bad, Py_ssize_t *lines, Missing *miss)
 {
 	TsSlot tc[TS_SLOTS];
 	char *w = out;
@@ -994,10 +994,12 @@ static size_t format_span(const Config *c, const unsigned char *p, size_t end,
 			memcpy(&r, p + body, sizeof(r));
 			next = put_closed(w, c, tc, miss, &r);
 		}
-		if (next)
+		if (next) {
 			w = next;
-		else
+			++*lines;
+		} else {
 			++*bad;		/* whatever it wrote is overwritten */
+		}
 	}
 	return w - out;
 }
@@ -1033,7 +1035,7 @@ static PyObject *fmt_format(PyObject *self, PyObject *arg)
 {
 	Py_buffer view;
 	Config *c = current;
-	Py_ssize_t bad = 0, bound;
+	Py_ssize_t bad = 0, lines = 0, bound;
 	PyObject *bytes = NULL;
 	Missing miss;
 	char *out;
@@ -1074,15 +1076,16 @@ static PyObject *fmt_format(PyObject *self, PyObject *arg)
 	c->refs++;			/* a configure() meanwhile must not free it */
 	if (view.len >= NOGIL_MIN) {
 		Py_BEGIN_ALLOW_THREADS			/* view pins the span */
-		n = format_span(c, view.buf, view.len, out, &bad, &miss);
+		n = format_span(c, view.buf, view.len, out, &bad, &lines, &miss);
 		Py_END_ALLOW_THREADS
 	} else {
-		n = format_span(c, view.buf, view.len, out, &bad, &miss);
+		n = format_span(c, view.buf, view.len, out, &bad, &lines, &miss);
 	}
 	if (miss.n) {
 		/* nothing of it: the caller resolves these and asks again */
 		n = 0;
 		bad = 0;
+		lines = 0;
 	}
 	config_decref(c);
 	PyBuffer_Release(&view);
@@ -1109,7 +1112,7 @@ static PyObject *fmt_format(PyObject *self, PyObject *arg)
 		}
 		PyTuple_SET_ITEM(ids, i, v);
 	}
-	return Py_BuildValue("(NnN)", bytes, bad, ids);
+	return Py_BuildValue("(NnNn)", bytes, bad, ids, lines);
 }
 
 /* How many bytes of a ring buffer's unread span hold committed records:
@@ -1161,10 +1164,12 @@ PyDoc_STRVAR(configure_doc,
 
 PyDoc_STRVAR(format_doc,
 "format(span)\n--\n\n"
-"(NDJSON bytes, undecodable count, missing cgroup ids) for a span of\n"
-"ring-buffer bytes, the same bytes as orjson.dumps of records.decode's\n"
-"dicts.  When cgroup ids are missing from the configured table, nothing\n"
-"is formatted (b'', 0, ids): configure again with them, then ask again.");
+"(NDJSON bytes, undecodable count, missing cgroup ids, lines) for a span\n"
+"of ring-buffer bytes, the same bytes as orjson.dumps of records.decode's\n"
+"dicts; lines: how many records it holds (counting the newlines again\n"
+"cost a quarter of the consumer's CPU).  When cgroup ids are missing\n"
+"from the configured table, nothing is formatted (b'', 0, ids, 0):\n"
+"configure again with them, then ask again.");
 
 static PyMethodDef methods[] = {
 	{"configure", fmt_configure, METH_VARARGS, configure_doc},

@@ -593,7 +593,7 @@ class BpfBackend(Backend):
     def read_ndjson(self):
         """What read() returns, already as NDJSON bytes: (bytes, records)."""
         span = self.read_span()
-        data, bad, missing = self._native(span)
+        data, bad, missing, lines = self._native(span)
         while missing:
             # cgroups the C formatter has no text for (at most 64 a call):
             # resolved here once (tracer/context.py), handed over, and the
@@ -601,9 +601,9 @@ class BpfBackend(Backend):
             for cid in missing:
                 self._cgroups[cid] = self._fmt.where(0, 0, cid)[2:]
             self._configure(*records.native_config(self._fmt, cgroups=self._cgroups))
-            data, bad, missing = self._native(span)
+            data, bad, missing, lines = self._native(span)
         self._undecodable += bad
-        return data, data.count(b"\n")
+        return data, lines
 
     def _on_perf(self, cpu, data, size):
         # laid out as the ring buffer's records, so that one decoder serves.
