@@ -259,12 +259,13 @@ def c_format(span):
     if not _configured:
         _fmt.configure(*records.native_config(_fmt_ctx, cgroups=_cgroups))
         _configured.append(True)
-    out, bad, missing = _fmt.format(span)
+    out, bad, missing, lines = _fmt.format(span)
     while missing:
         for cid in missing:
             _cgroups[cid] = _fmt_ctx.where(0, 0, cid)[2:]
         _fmt.configure(*records.native_config(_fmt_ctx, cgroups=_cgroups))
-        out, bad, missing = _fmt.format(span)
+        out, bad, missing, lines = _fmt.format(span)
+    assert lines == out.count(b"\n")       # what read_ndjson reports as received
     return out, bad
 
 
