@@ -816,16 +816,14 @@ class BpfBackend(Backend):
         now = time.monotonic_ns()
         missing, data_of = [], {}
         for where in ("socks", "tws"):
-            keys, data = _batch_read(self._bpf[where.encode()])
-            data_of[where] = (keys, data)
+            keys, data_of[where] = _batch_read(self._bpf[where.encode()])
             # a client still connecting has no local port in its story yet
             # (it is chosen after CLOSE -> SYN_SENT): it cannot be matched
             missing += [((where, keys[i]), i) for i, (sport, dport, fam, ns)
-                        in enumerate(wire.STORY_WHERE.iter_unpack(data))
+                        in enumerate(wire.STORY_WHERE.iter_unpack(data_of[where]))
                         if ns == netns and sport and (fam, sport, dport) not in present]
         # seeds: sockets older than us that have not moved yet
-        keys, data = _batch_read(self._bpf[b"seeds"])
-        data_of["seeds"] = (keys, data)
+        keys, data_of["seeds"] = _batch_read(self._bpf[b"seeds"])
         missing += [(("seeds", cookie), i) for i, cookie in enumerate(keys)
                     if cookie not in cookies]
         missing = dict(missing)
@@ -834,8 +832,8 @@ class BpfBackend(Backend):
         out = []
         for where, key in sorted(gone):
             table = self._bpf[where.encode()]
-            data = data_of[where][1]
-            v = (wire.seed_at if where == "seeds" else wire.story_at)(data, missing[where, key])
+            v = (wire.seed_at if where == "seeds" else wire.story_at)(data_of[where],
+                                                                       missing[where, key])
             try:
                 del table[table.Key(key)]
             except KeyError:
