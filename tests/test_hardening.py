@@ -362,7 +362,12 @@ def test_closed_stdout_is_one_line():
     (["--ringbuf-mb", "0.5"], ["not an integer"]),
     (["--max-sockets", "4000000000"], ["at most"]), (["--max-sockets", "0"], ["> 0"]),
     (["--pid", "99999999999"], ["at most"]), (["--duration", "1e400"], ["finite"]),
-    (["--port", "99999"], ["out of range"])])
+    (["--port", "99999"], ["out of range"]),
+    # a negative number is the flag's value, not an unknown option ("-4" and
+    # "-6" made argparse say "expected one argument")
+    (["--duration", "-1"], ["> 0"]), (["--interval", "-inf"], ["finite"]),
+    (["--max-sockets", "-5"], ["> 0"]), (["--port", "-1"], ["out of range"]),
+    (["--uid", "-3"], ["out of range"])])
 def test_malformed_numbers(args, words):
     one_line_error(_run(args + ["--backend", "proc"]), 2, *words)
 

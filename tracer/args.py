@@ -6,6 +6,7 @@ declared once so that ``socktrace --port 80`` and ``socktrace ports --port
 
 import argparse
 import math
+import re
 import os
 import sys
 
@@ -30,9 +31,36 @@ def terminal_columns(var="COLUMNS", attr="columns", default=80):
     return n
 
 
+_NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)", re.I)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        # With -4 and -6 declared, argparse takes "-1" for an option, and
+        # "--duration -1" fails as "expected one argument".  A flag that
+        # takes one value gets a negative number as that value, so its
+        # converter can say what is wrong with it.
+        args = list(sys.argv[1:] if args is None else args)
+        out = []
+        i = 0
+        while i < len(args):
+            a = args[i]
+            action = self._option_string_actions.get(a)
+            if (action is not None and action.nargs is None and action.option_strings
+                    and i + 1 < len(args) and _NEGATIVE.match(args[i + 1])
+                    and args[i + 1] not in self._option_string_actions):
+                out.append("%s=%s" % (a, args[i + 1]))
+                i += 2
+                continue
+            if a == "--":
+                out.extend(args[i:])
+                break
+            out.append(a)
+            i += 1
+        return super().parse_known_args(out, namespace)
 
     def _get_formatter(self):
         # argparse's own asks shutil for the width (HelpFormatter: the
