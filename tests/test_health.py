@@ -971,9 +971,14 @@ def _context_exchange(trace, child, test_port, child_port, ls, test_side=True):
     wait_closed(trace, *socks["child client"], since=m)
     wait_closed(trace, *socks["child server"], since=m)
     if test_side:
-        trace.wait_for(lambda evs: all(conns_of(evs, *socks[k]) and chain(one_conn(evs, *socks[k]))
-                                       and chain(one_conn(evs, *socks[k]))[-1][1] == "TIME_WAIT"
-                                       for k in ("test client", "test server")),
+        # Reached TIME_WAIT, not "still in it": these tests check context
+        # fields, and a TIME_WAIT reported ended 15 us after it began has
+        # been seen once on this host (docs/kernels.md, "Open"); the exact
+        # TIME_WAIT stories are tests/test_kernel.py's.
+        def reached(evs, k):
+            return conns_of(evs, *socks[k]) and any(
+                new == "TIME_WAIT" for _, new in chain(one_conn(evs, *socks[k])))
+        trace.wait_for(lambda evs: all(reached(evs, k) for k in ("test client", "test server")),
                        since=m, what="the test's ends in TIME_WAIT")
     return m, socks
 
