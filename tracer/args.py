@@ -6,8 +6,8 @@ declared once so that ``socktrace --port 80`` and ``socktrace ports --port
 
 import argparse
 import math
-import re
 import os
+import re
 import sys
 
 
@@ -31,7 +31,7 @@ def terminal_columns(var="COLUMNS", attr="columns", default=80):
     return n
 
 
-_NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)", re.I)
+_NEGATIVE = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)", re.I)
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,8 +49,8 @@ class Parser(argparse.ArgumentParser):
         while i < len(args):
             a = args[i]
             action = self._option_string_actions.get(a)
-            if (action is not None and action.nargs is None and action.option_strings
-                    and i + 1 < len(args) and _NEGATIVE.match(args[i + 1])
+            if (action is not None and action.nargs is None and i + 1 < len(args)
+                    and _NEGATIVE.fullmatch(args[i + 1])
                     and args[i + 1] not in self._option_string_actions):
                 out.append("%s=%s" % (a, args[i + 1]))
                 i += 2
