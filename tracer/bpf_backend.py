@@ -138,6 +138,7 @@ class BpfBackend(Backend):
         self.record_types = frozenset(record_types)
         self.notes = []              # one-line caveats for stderr (degraded features)
         self._suspects = set()       # reconcile(): stories missing from one dump
+        self._unreachable = set()    # reconcile(): namespaces setns() refused
         self._bpf = None
         self._rb = None
         self._epoll = None
@@ -799,11 +800,14 @@ class BpfBackend(Backend):
         """Stories the kernel still holds for sockets that are gone: the
         socket ended without an event we saw (a program run the kernel
         skipped, counted as lost; a socket older than us that left no
-        trace).  A story of this namespace whose socket is missing from
-        two dumps in a row is ended with a closed record (end "unknown")
-        and removed: two, because a dump and a read of the maps are not
-        one atomic view, and a socket that just closed has its own end."""
-        rows, netns = self._dump(info=False)       # tcp_info: not needed here
+        trace).  A story whose socket is missing from two dumps in a row
+        is ended with a closed record (end "unknown") and removed: two,
+        because a dump and a read of the maps are not one atomic view, and
+        a socket that just closed has its own end.  Stories of other
+        network namespaces (containers) are checked against a dump made
+        inside theirs (tracer/netns.py); one that cannot be entered is
+        said once in a note, and its stories are left alone."""
+        rows, own = self._dump(info=False)         # tcp_info: not needed here
         # by family and ports, not addresses: no text to make for 100k
         # stories, and a story another socket's ports match only stays a
         # little longer (ids are never ended by mistake).  Only those four
@@ -811,7 +815,8 @@ class BpfBackend(Backend):
         # 100k stories whole took 0.27 s of this thread's 0.69 s.
         from .sockdiag import DiagSocket
         at = DiagSocket._fields.index
-        present = set(map(operator.itemgetter(at("family"), at("lport"), at("rport")), rows))
+        where_of = operator.itemgetter(at("family"), at("lport"), at("rport"))
+        present = {own: set(map(where_of, rows))}
         cookies = set(map(operator.itemgetter(at("cookie")), rows))
         now = time.monotonic_ns()
         missing, data_of = [], {}
@@ -819,9 +824,15 @@ class BpfBackend(Backend):
             keys, data_of[where] = _batch_read(self._bpf[where.encode()])
             # a client still connecting has no local port in its story yet
             # (it is chosen after CLOSE -> SYN_SENT): it cannot be matched
-            missing += [((where, keys[i]), i) for i, (sport, dport, fam, ns)
-                        in enumerate(wire.STORY_WHERE.iter_unpack(data_of[where]))
-                        if ns == netns and sport and (fam, sport, dport) not in present]
+            for i, (sport, dport, fam, ns) in enumerate(
+                    wire.STORY_WHERE.iter_unpack(data_of[where])):
+                if not sport:
+                    continue
+                if ns not in present:
+                    present[ns] = self._present_in(ns, where_of)
+                there = present[ns]
+                if there is not None and (fam, sport, dport) not in there:
+                    missing.append(((where, keys[i]), i))
         # seeds: sockets older than us that have not moved yet
         keys, data_of["seeds"] = _batch_read(self._bpf[b"seeds"])
         missing += [(("seeds", cookie), i) for i, cookie in enumerate(keys)
@@ -841,6 +852,23 @@ class BpfBackend(Backend):
             if records._ROLE.get(getattr(v, "role", 0)) != "listener":
                 out.append(self._vanished(v, where, key, now))
         return out
+
+    def _present_in(self, ns, where_of):
+        """The (family, lport, rport) of every socket of network namespace
+        *ns* now; None when it cannot be looked into."""
+        if not ns or ns in self._unreachable:
+            return None
+        from . import sockdiag
+        try:
+            return set(map(where_of, sockdiag.dump(info=False, netns=ns)))
+        except sockdiag.SockDiagError as e:
+            if e.errno == errno.ENOENT:
+                return None     # gone, or held by nothing we can open: next time
+            self._unreachable.add(ns)
+            self.notes.append("reconciliation cannot look into network namespace %d (%s): "
+                              "its connections that end unseen keep their stories"
+                              % (ns, str(e).rsplit(": ", 1)[-1]))
+            return None
 
     def _vanished(self, v, where, key, now):
         """A closed record for a story whose end the kernel never showed us."""

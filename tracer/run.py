@@ -191,8 +191,7 @@ def _run(args, sink, flags, ports, lports, rports, types):
 
     backend = open_backend(args, ports, lports, rports,
                            record_types=tuple(t for t in ("state", "closed") if t in types))
-    for note in backend.notes:
-        say("socktrace: %s\n" % one_line(note))
+    tell(backend)
     source = backend.source
     fmt = records.Formatter()
     keep = Filter(family=args.family, ports=ports, lports=lports, rports=rports,
@@ -279,6 +278,7 @@ def _run(args, sink, flags, ports, lports, rports, types):
                 ended = reconciler.take()
                 if ended and "closed" in types:
                     write(ended)
+                tell(backend)
                 if flags.dump or (next_dump is not None and now >= next_dump):
                     flags.dump = False
                     if next_dump is not None:
@@ -334,6 +334,12 @@ def _run(args, sink, flags, ports, lports, rports, types):
         say("socktrace: %s; %d records not written\n" % (out.failed, out.unwritten))
         return 1
     return 0
+
+
+def tell(backend):
+    """The backend's notes so far, each once (the reconciler's come later)."""
+    while backend.notes:
+        say("socktrace: %s\n" % one_line(backend.notes.pop(0)))
 
 
 def say(text):

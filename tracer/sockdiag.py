@@ -583,12 +583,22 @@ class _Netlink:
         self.sock.close()
 
 
-def _open():
+def _open(netns=None):
     try:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
-        )
+        if netns is None:
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
+            )
+        else:
+            from . import netns as _netns
+
+            with _netns.inside(netns):
+                sock = socket.socket(
+                    socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
+                )
     except OSError as e:
+        if netns is not None:
+            raise _oserror("network namespace %d" % netns, e) from None
         raise _oserror("netlink socket", e) from None
     try:
         sock.settimeout(TIMEOUT)
@@ -621,8 +631,9 @@ def _what(family):
     return "IPv%d dump" % family
 
 
-def dump(families=(4, 6), states=ALL, info=False, bytecode=None):
-    """Dump the TCP sockets of this network namespace.
+def dump(families=(4, 6), states=ALL, info=False, bytecode=None, netns=None):
+    """Dump the TCP sockets of this network namespace, or of the one whose
+    inode is *netns* (tracer/netns.py: the netlink socket is made there).
 
     *families*: any of 4 and 6, dumped one after the other on one netlink
     socket (a socket that moves between the two dumps can be missed or
@@ -651,7 +662,7 @@ def dump(families=(4, 6), states=ALL, info=False, bytecode=None):
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with _open() as sock:
+        with _open(netns) as sock:
             for family, req in reqs:
                 what = _what(family)
                 _send(sock, req)

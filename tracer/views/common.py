@@ -24,7 +24,7 @@ import sys
 import time
 
 from .. import args as cmdline
-from .. import sockdiag, states
+from .. import netns, sockdiag, states
 from ..owners import read_comm
 from ..text import one_line, safe
 
@@ -93,43 +93,13 @@ def enter_netns(inodes):
     (ino,) = set(inodes)
     if os.stat("/proc/self/ns/net").st_ino == ino:
         return
-    path = _netns_path(ino)
+    path = netns.path_of(ino)
     if path is None:
         raise Failure("network namespace %d: no process or /run/netns entry holds it" % ino)
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, 0x40000000) != 0:           # CLONE_NEWNET
-            err = ctypes.get_errno()
-            raise Failure("cannot enter network namespace %d: %s" % (ino, os.strerror(err)))
-    finally:
-        os.close(fd)
-
-
-def _netns_path(ino):
-    """A file that holds network namespace *ino*: /run/netns/*, else some
-    process's /proc/PID/ns/net."""
-    cands = []
-    try:
-        cands = [os.path.join("/run/netns", n) for n in sorted(os.listdir("/run/netns"))]
-    except OSError:
-        pass
-    for path in cands:
-        try:
-            if os.stat(path).st_ino == ino:
-                return path
-        except OSError:
-            continue
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            path = "/proc/%s/ns/net" % name
-            try:
-                if os.stat(path).st_ino == ino:
-                    return path
-            except OSError:
-                continue
-    return None
+        netns.enter(path)
+    except OSError as e:
+        raise Failure("cannot enter network namespace %d: %s" % (ino, e.strerror or e))
 
 
 def port_set(lists):
