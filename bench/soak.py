@@ -194,8 +194,10 @@ def main():
     p.add_argument("--sample", type=float, default=30.0, help="RSS sample interval, s (default 30)")
     p.add_argument("--chunk", type=float, default=300.0,
                    help="seconds per storm run (default 300, storm.py caps it at 600)")
-    p.add_argument("--tail", type=float, default=5.0,
-                   help="seconds to wait once the namespace has no TIME_WAIT left (default 5)")
+    p.add_argument("--tail", type=float, default=15.0,
+                   help="seconds to wait once the namespace has no TIME_WAIT left: two "
+                        "reconciliations, which end a story whose socket went unseen "
+                        "(default 15)")
     p.add_argument("--tail-max", type=float, default=300.0,
                    help="at most this long for the namespace's TIME_WAITs to end (default 300)")
     p.add_argument("--save", default=None,
