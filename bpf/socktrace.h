@@ -257,7 +257,9 @@ struct st_seed {
 	char  comm[ST_COMM_LEN];
 	__u64 cgroup;		/* sock_diag's INET_DIAG_CGROUP_ID, 0 unknown */
 	__u32 uid;		/* sock_diag's idiag_uid, ST_NONE_U32 unknown */
-	__u32 pad2;
+	__u32 netns;		/* the namespace whose dump it came from, for user
+				 * space's reconciliation; the programs read the
+				 * socket's own */
 };
 
 #endif /* SOCKTRACE_H */

@@ -1,4 +1,4 @@
-"""Reconciliation in other network namespaces (containers).
+"""Older sockets and reconciliation in other network namespaces (containers).
 
 sock_diag answers only for the namespace of the socket that asks, so a
 story of a container's connection used to be checked against the host's
@@ -17,6 +17,7 @@ kernel, namespace and sock_diag do the rest.
 
 import ctypes
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -41,7 +42,9 @@ import socket, sys, time
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(4)
 c = socket.create_connection(ls.getsockname()); a, _ = ls.accept()
 print(ls.getsockname()[1], c.getsockname()[1], flush=True)
-sys.stdin.read()
+for line in sys.stdin:          # "close": the client, then the server
+    c.close(); time.sleep(0.1); a.close()
+    print("closed", flush=True)
 """
 
 
@@ -154,3 +157,68 @@ def test_a_vanished_story_of_another_namespace_is_ended(tmp_path, namespace):
     assert not [e for e in evs if e.get("type") == "closed" and e["conn"] == "%x" % live], (
         "a story of a live socket in the other namespace was ended")
     assert "reconciliation cannot look" not in trace.stderr()
+
+
+def ss_cookies(name):
+    """{(lport, rport): cookie} of namespace *name*'s sockets (ss -e sk:)."""
+    out = subprocess.run(["ip", "netns", "exec", name, "ss", "-tane"], capture_output=True,
+                         text=True, check=True).stdout
+    found = {}
+    for line in out.splitlines()[1:]:
+        f = line.split()
+        m = re.search(r"\bsk:([0-9a-f]+)", line)
+        if len(f) >= 5 and m:
+            found[(int(f[3].rsplit(":", 1)[1]), int(f[4].rsplit(":", 1)[1].replace("*", "0")))] = (
+                m.group(1))
+    return found
+
+
+def test_older_sockets_of_another_namespace_keep_their_ids(tmp_path, namespace):
+    """A connection in a namespace of its own, older than socktrace: it is
+    seeded from a dump made inside that namespace, so reconciliation leaves
+    it alone while it lives, and when it closes its records carry the
+    kernel's cookie, its owner from /proc, its role and its namespace."""
+    name, ino = namespace
+    holder = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", HOLDER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    trace = None
+    try:
+        lport, cport = map(int, holder.stdout.readline().split())
+        cookies = ss_cookies(name)
+        client, server = cookies[(cport, lport)], cookies[(lport, cport)]
+        trace = start_socktrace(str(tmp_path / "seeds.ndjson"), ["--dump-every", "0.5"],
+                                env={"SOCKTRACE_RECONCILE_S": "0.5"})
+        time.sleep(2.5)                   # several reconciliations
+        m = trace.mark()
+        holder.stdin.write("close\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "closed"
+
+        def ended(evs):
+            return [e for e in evs if e.get("type") == "closed" and e["conn"] == server]
+        trace.wait_for(ended, since=m, timeout=15, what="the older server socket's end")
+        evs = trace.events()
+    finally:
+        if trace is not None:
+            trace.stop()
+        holder.communicate("", timeout=10)
+    assert trace.rc == 0, trace.stderr()
+    mine = [e for e in evs if e.get("conn") in (client, server)]
+    before = [e for e in evs[:m] if e.get("conn") in (client, server)
+              and e.get("type") != "socket"]
+    assert not before, "reconciliation ended a live older socket: %s" % before
+    firsts = {}
+    for e in mine:
+        if e["type"] == "state":
+            firsts.setdefault(e["conn"], e)
+    assert (firsts[client]["old"], firsts[client]["new"]) == ("ESTABLISHED", "FIN_WAIT1")
+    assert (firsts[server]["old"], firsts[server]["new"]) == ("ESTABLISHED", "CLOSE_WAIT")
+    for conn, role, lp, rp in ((client, "client", cport, lport), (server, "server", lport, cport)):
+        e = firsts[conn]
+        assert (e["role"], e["lport"], e["rport"], e["netns"], e["pid"], e["owner_from"]) == (
+            role, lp, rp, ino, holder.pid, "proc"), e
+        assert e["pid"] and e["comm"].startswith("python"), e
+    (closed,) = [e for e in mine if e["type"] == "closed" and e["conn"] == server]
+    assert (closed["role"], closed["end"], closed["lower_bound"], closed["netns"]) == (
+        "server", "normal", True, ino), closed
+    assert "cannot look" not in trace.stderr()

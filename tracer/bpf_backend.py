@@ -447,8 +447,9 @@ class BpfBackend(Backend):
         next transition or its timewait end comes.  Taken after the programs
         are attached, so that a socket is either in the dump or seen from
         its first transition (a socket that moves in between is reported
-        with an own id, as a lower bound).  Only this network namespace's
-        sockets are in the dump.
+        with an own id, as a lower bound).  Every network namespace a file
+        holds is dumped (tracer/netns.py); one that cannot be entered is
+        named in a note, and its older sockets get own ids.
 
         With filters the timer programs wait for a followed socket (the
         gate); a matching older socket that is already closing can enter
@@ -465,28 +466,32 @@ class BpfBackend(Backend):
                 self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
             return
         self.start_sockets = rows
+        own_ns = sockdiag.own_netns_inode()
+        tagged = [(own_ns, r) for r in rows] + self._rows_elsewhere(own_ns)
         matches = Filter(family=self.family, ports=self.ports, lports=self.lports,
                          rports=self.rports)
         # every listener, whatever the filters: what it accepts may pass
         # them (--rport P) and takes its owner (listener_aside() in the
-        # program does the same for listeners that come later)
+        # program does the same for listeners that come later).  Only this
+        # namespace's: the program finds a listener by address and port,
+        # and another namespace's 0.0.0.0:80 would take the place of ours.
         listeners = [r for r in rows if r.state == states.LISTEN]
         # request sockets (sock_diag shows them as SYN_RECV) become new
         # full sockets of their own: no seeds
-        own_ns = sockdiag.own_netns_inode() if self.netns else None
-        rows = [r for r in rows if r.cookie and r.state not in _REQUEST and matches(
+        tagged = [(ns, r) for ns, r in tagged if r.cookie and r.state not in _REQUEST and matches(
             {"type": "socket", "family": r.family, "lport": r.lport, "rport": r.rport})
-            and self._seed_wanted(r, own_ns)]
+            and self._seed_wanted(r, ns)]
+        rows = [r for _, r in tagged]
         owned = _owners_of(rows + [r for r in listeners if r not in rows])
-        listening = {(r.family, r.lport) for r in rows if r.state == states.LISTEN}
+        listening = {(ns, r.family, r.lport) for ns, r in tagged if r.state == states.LISTEN}
         table = self._bpf[b"seeds"]
         leaf = table.Leaf
         closing = False
-        for r in rows:
+        for ns, r in tagged:
             pid, comm = owned.get(r.inode, (0, b""))
             since, flags = seed_since(r, now)
             role = ("listener" if r.state == states.LISTEN else
-                    "server" if (r.family, r.lport) in listening else "client")
+                    "server" if (ns, r.family, r.lport) in listening else "client")
             # a timewait socket's uid is 0 in sock_diag: not its owner's.
             # The cgroup: the program reads a full socket's own (a timewait
             # socket has none, and sock_diag gives none for it either).
@@ -494,7 +499,7 @@ class BpfBackend(Backend):
             packed = wire.SEED.pack(
                 since, _raw16(r.family, r.laddr), _raw16(r.family, r.raddr), r.lport,
                 r.rport, pid, r.family, _OWNER_PROC if pid else _OWNER_UNKNOWN,
-                _ROLES[role], flags, r.state, b"", comm[:wire.COMM_LEN], 0, uid, 0)
+                _ROLES[role], flags, r.state, b"", comm[:wire.COMM_LEN], 0, uid, ns)
             try:
                 table[ctypes.c_uint64(r.cookie)] = leaf.from_buffer_copy(packed)
             except Exception:        # bcc: the map is full
@@ -506,13 +511,35 @@ class BpfBackend(Backend):
             self._bpf[b"followed"][ctypes.c_int(1)] = ctypes.c_int64(1)
         self._seed_listeners(listeners, owned)
 
-    def _seed_wanted(self, r, own_ns):
+    def _rows_elsewhere(self, own_ns):
+        """(namespace, row) for the sockets of every other network
+        namespace a file holds (containers), each dumped from inside it."""
+        from . import netns, sockdiag
+
+        out = []
+        for ns in netns.every():
+            if ns == own_ns or (self.netns and ns not in self.netns):
+                continue
+            try:
+                out += [(ns, r) for r in sockdiag.dump(info=True, netns=ns)]
+            except sockdiag.SockDiagError as e:
+                if e.errno != errno.ENOENT:      # ENOENT: it went away meanwhile
+                    self._cannot_enter(ns, e)
+        return out
+
+    def _cannot_enter(self, ns, e):
+        self._unreachable.add(ns)
+        self.notes.append("cannot look into network namespace %d (%s): its sockets older "
+                          "than socktrace get own ids, and its connections that end unseen "
+                          "keep their stories" % (ns, str(e).rsplit(": ", 1)[-1]))
+
+    def _seed_wanted(self, r, ns):
         """The context filters for a socket older than us.  A full socket's
         first transition is decided by the program itself (it reads the
         socket); a timewait socket ends through the timer programs, which do
         not filter, so one passes only when sock_diag can decide: it shows
         no uid and no cgroup for it."""
-        if self.netns and own_ns not in self.netns:
+        if self.netns and ns not in self.netns:
             return False
         tw = r.state == states.TIME_WAIT
         if self.uids and (tw or r.uid not in self.uids):
@@ -816,8 +843,8 @@ class BpfBackend(Backend):
         from .sockdiag import DiagSocket
         at = DiagSocket._fields.index
         where_of = operator.itemgetter(at("family"), at("lport"), at("rport"))
-        present = {own: set(map(where_of, rows))}
-        cookies = set(map(operator.itemgetter(at("cookie")), rows))
+        cookie_of = operator.itemgetter(at("cookie"))
+        present = {own: (set(map(where_of, rows)), set(map(cookie_of, rows)))}
         now = time.monotonic_ns()
         missing, data_of = [], {}
         for where in ("socks", "tws"):
@@ -829,14 +856,18 @@ class BpfBackend(Backend):
                 if not sport:
                     continue
                 if ns not in present:
-                    present[ns] = self._present_in(ns, where_of)
+                    present[ns] = self._present_in(ns, where_of, cookie_of)
                 there = present[ns]
-                if there is not None and (fam, sport, dport) not in there:
+                if there is not None and (fam, sport, dport) not in there[0]:
                     missing.append(((where, keys[i]), i))
-        # seeds: sockets older than us that have not moved yet
+        # seeds: sockets older than us that have not moved yet, by cookie
         keys, data_of["seeds"] = _batch_read(self._bpf[b"seeds"])
-        missing += [(("seeds", cookie), i) for i, cookie in enumerate(keys)
-                    if cookie not in cookies]
+        for i, (ns,) in enumerate(wire.SEED_NETNS.iter_unpack(data_of["seeds"])):
+            if ns not in present:
+                present[ns] = self._present_in(ns, where_of, cookie_of)
+            there = present[ns]
+            if there is not None and keys[i] not in there[1]:
+                missing.append((("seeds", keys[i]), i))
         missing = dict(missing)
         gone = missing.keys() & self._suspects
         self._suspects = missing.keys() - gone
@@ -853,22 +884,19 @@ class BpfBackend(Backend):
                 out.append(self._vanished(v, where, key, now))
         return out
 
-    def _present_in(self, ns, where_of):
-        """The (family, lport, rport) of every socket of network namespace
-        *ns* now; None when it cannot be looked into."""
+    def _present_in(self, ns, where_of, cookie_of):
+        """({(family, lport, rport)}, {cookie}) of the sockets of network
+        namespace *ns* now; None when it cannot be looked into."""
         if not ns or ns in self._unreachable:
             return None
         from . import sockdiag
         try:
-            return set(map(where_of, sockdiag.dump(info=False, netns=ns)))
+            rows = sockdiag.dump(info=False, netns=ns)
         except sockdiag.SockDiagError as e:
-            if e.errno == errno.ENOENT:
-                return None     # gone, or held by nothing we can open: next time
-            self._unreachable.add(ns)
-            self.notes.append("reconciliation cannot look into network namespace %d (%s): "
-                              "its connections that end unseen keep their stories"
-                              % (ns, str(e).rsplit(": ", 1)[-1]))
+            if e.errno != errno.ENOENT:  # ENOENT: gone, or held by nothing we can open
+                self._cannot_enter(ns, e)
             return None
+        return set(map(where_of, rows)), set(map(cookie_of, rows))
 
     def _vanished(self, v, where, key, now):
         """A closed record for a story whose end the kernel never showed us."""
@@ -883,7 +911,7 @@ class BpfBackend(Backend):
                fmt.addr(fam, v.daddr), v.dport)
         owner = (pid or None, fmt.comm(v.comm) if pid else None,
                  wire.OWNER_FROM[v.owner_from], records._ROLE[v.role])
-        where = fmt.where(0 if seed else v.netns, v.uid, v.cgroup)
+        where = fmt.where(v.netns, v.uid, v.cgroup)
         return records.closed_record(fmt, now, tup, owner, start, spent, path, "unknown", None,
                                      None, bool(v.flags & _F_LOWER) or seed, "bpf", False,
                                      where)

@@ -52,6 +52,17 @@ def path_of(ino):
             return path
     except OSError:
         pass
+    _scan()
+    return _paths.get(ino)
+
+
+def every():
+    """Every network namespace a file holds now: their inodes, sorted."""
+    _scan()
+    return sorted(_paths)
+
+
+def _scan():
     cands = []
     try:
         cands = [os.path.join("/run/netns", n) for n in sorted(os.listdir("/run/netns"))]
@@ -64,7 +75,6 @@ def path_of(ino):
             _paths.setdefault(os.stat(cand).st_ino, cand)
         except OSError:           # a process that just ended, a dangling name
             continue
-    return _paths.get(ino)
 
 
 def enter(path):

@@ -8,7 +8,10 @@ as it does on kernels before 5.8.  What else a run uses, each optional:
                        the tracepoint ids, and other users' /proc/PID/fd
   CAP_SYS_PTRACE       read the fd tables of other users' processes: owners
   CAP_SYSLOG           read kernel addresses in /proc/kallsyms: TIME_WAIT
-  CAP_SYS_ADMIN        mount tracefs when it is not mounted
+  CAP_SYS_ADMIN        mount tracefs when it is not mounted; enter other
+                       network namespaces (setns) for their start-up
+                       lists and reconciliation (without it: a note, own
+                       ids for their older sockets)
   CAP_NET_ADMIN        sock_diag for every socket, as ss does as root
 
 >>> names(1 << 39 | 1 << 38)

@@ -109,9 +109,11 @@ Story = namedtuple("Story", STORY_FIELDS)
 SEED = struct.Struct("<Q16s16sHHIBBBBB3s%dsQII" % COMM_LEN)
 SEED_FIELDS = ("since_ns", "saddr", "daddr", "sport", "dport", "pid", "family",
                "owner_from", "role", "flags", "state", "pad", "comm", "cgroup", "uid",
-               "pad2")
+               "netns")
 SIZES = {KIND_STATE: STATE.size, KIND_CLOSED: CLOSED.size}
 Seed = namedtuple("Seed", SEED_FIELDS)
+# a seed's namespace alone, for reconciliation (its last field)
+SEED_NETNS = struct.Struct("<%dxI" % (SEED.size - 4))
 
 
 def _projection(items, wanted):
