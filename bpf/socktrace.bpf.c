@@ -590,18 +590,19 @@ static __always_inline __u8 end_of(const struct st_story *s, int last, int err, 
 	return ST_END_ABORTED;
 }
 
-/* The finished story.  Listeners have none: they are no connection. */
+/* The finished story.  Listeners have none: they are no connection.
+ * end: an enum st_end, or -1 to work it out from what the kernel knew. */
 static __always_inline void emit_closed(void *ctx, const struct st_story *s, __u64 ts,
-					int err, __u8 reason, int slot)
+					int err, __u8 reason, int how, int slot)
 {
 	if (s->role == ST_ROLE_LISTENER || !wanted(s))
 		return;
 	__u8 n = s->path_len > ST_PATH_LEN ? ST_PATH_LEN : s->path_len;
 	int last = n ? s->path[(n - 1) & (ST_PATH_LEN - 1)] : s->state;
-	__u8 end = end_of(s, last, err, reason);
+	__u8 end = how < 0 ? end_of(s, last, err, reason) : how;
 
 	/* how it ended, for the exit report and --metrics, records or not */
-	if (end <= ST_END_ABORTED)
+	if (end <= ST_END_UNKNOWN)
 		count(ST_CNT_END_NORMAL + end, slot);
 #ifndef ST_NO_CLOSED
 #ifdef ST_USE_PERFBUF
@@ -891,7 +892,7 @@ static __always_inline void tw_end(void *ctx, struct st_cancel *pc, int slot)
 	leave(tw, sub, TCP_CLOSE, pc->ts, slot);
 	emit_state(ctx, tw, pc->ts, sub, TCP_CLOSE, in_old, flags, ST_VIA_TIMER, pc->reason,
 		   slot);
-	emit_closed(ctx, tw, pc->ts, 0, pc->reason, slot);
+	emit_closed(ctx, tw, pc->ts, 0, pc->reason, -1, slot);
 	tuple_of(&t, tw);
 	fw2_tuples.delete(&t);
 	forget_tw(timer);
@@ -1130,6 +1131,22 @@ static __always_inline int story_new(struct st_story *s, __u64 sk, int old, int 
 	return 0;
 }
 
+/* A story whose socket ended unseen: its last state is left now, as far
+ * as we know (user space's reconciliation does the same), and it ends as
+ * unknown.  No histogram: that time was not measured. */
+static __always_inline void vanished(void *ctx, struct st_story *s, __u64 now, int slot)
+{
+	if (now >= s->ts)
+		s->spent[state_idx(s->state)] += now - s->ts;
+	if (s->path_len < ST_PATH_LEN)
+		s->path[s->path_len & (ST_PATH_LEN - 1)] = s->state;
+	else
+		s->flags |= ST_F_PATH_CUT;
+	if (s->path_len < 255)
+		s->path_len++;
+	emit_closed(ctx, s, now, 0, ST_REASON_NONE, ST_END_UNKNOWN, slot);
+}
+
 static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 					__u16 sport, __u16 dport, __u16 family,
 					const __u8 *saddr6, const __u8 *daddr6, int slot)
@@ -1150,8 +1167,10 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 		/* A new socket's first transition, and a story at its address:
 		 * the socket that story was about ended in a transition no
 		 * program ran for, and the kernel gave its memory to this one.
-		 * That end is lost (counted); this is a new connection. */
+		 * Those transitions are lost (counted); the old story still
+		 * ends, as unknown, and this is a new connection. */
 		count(ST_CNT_STALE, slot);
+		vanished(ctx, s, now, slot);
 		known = story_new(s, sk, old, new, now, slot);
 	}
 
@@ -1267,7 +1286,7 @@ static __always_inline int on_set_state(void *ctx, __u64 sk, int old, int new,
 	}
 
 	if (new == TCP_CLOSE) {
-		emit_closed(ctx, s, now, err, ST_REASON_NONE, slot);
+		emit_closed(ctx, s, now, err, ST_REASON_NONE, -1, slot);
 		if (old == TCP_LISTEN) {
 			struct st_lkey k = {};
 			__builtin_memcpy(k.addr, s->saddr, 16);

@@ -74,6 +74,9 @@ enum st_end {
 	ST_END_RESET     = 4,	/* a reset was sent or received */
 	ST_END_ERROR     = 5,	/* another socket error (see error) */
 	ST_END_ABORTED   = 6,	/* closed before both FINs, no reset or error seen */
+	ST_END_UNKNOWN   = 7,	/* not seen: the kernel gave its memory to a new
+				 * socket first (user space: or reconciliation
+				 * found it gone) */
 };
 
 enum st_flags {
@@ -124,10 +127,12 @@ enum st_counter {
 	ST_CNT_END_RESET     = 17,
 	ST_CNT_END_ERROR     = 18,
 	ST_CNT_END_ABORTED   = 19,
-	ST_CNT_STALE        = 20,	/* stories of sockets whose end no program saw:
+	ST_CNT_END_UNKNOWN   = 20,
+	ST_CNT_STALE        = 21,	/* stories of sockets whose end no program saw:
 					 * the kernel gave their memory to a new
-					 * socket first; their closed record is lost */
-	ST_NR_COUNTERS      = 21,
+					 * socket first; their last transitions are
+					 * lost, their story ends as ST_END_UNKNOWN */
+	ST_NR_COUNTERS      = 22,
 };
 
 /* One transition. */

@@ -89,7 +89,7 @@ def test_enums_come_from_the_header():
     assert wire.VIA == {0: "kernel", 1: "timer", 2: "peer"}
     assert wire.ROLE == {0: "unknown", 1: "client", 2: "server", 3: "listener"}
     assert wire.END == {0: "normal", 1: "refused", 2: "timeout", 3: "cancelled", 4: "reset",
-                        5: "error", 6: "aborted"}
+                        5: "error", 6: "aborted", 7: "unknown"}
     assert wire.KIND == {1: "state", 2: "closed"}
     assert "derived_sent" not in wire.LOSS_COUNTERS and "missed" in wire.LOSS_COUNTERS
     assert "recovered" not in wire.LOSS_COUNTERS and "self" not in wire.LOSS_COUNTERS

@@ -37,7 +37,7 @@ OWNER_FROM = tuple(wire.OWNER_FROM[k] for k in sorted(wire.OWNER_FROM))
 ROLE = tuple(wire.ROLE[k] for k in sorted(wire.ROLE) if wire.ROLE[k] != "unknown")
 REASON = tuple(wire.REASON[k] for k in sorted(wire.REASON) if wire.REASON[k] != "none")
 VIA = tuple(wire.VIA[k] for k in sorted(wire.VIA) if wire.VIA[k] != "kernel")
-END = tuple(wire.END[k] for k in sorted(wire.END)) + ("unknown",)
+END = tuple(wire.END[k] for k in sorted(wire.END))
 SOURCES = ("bpf", "proc")
 LOST_WHAT = wire.LOSS_COUNTERS + ("undecodable",)
 RECORD_TYPES = ("state", "closed", "socket", "lost", "summary")
@@ -123,7 +123,10 @@ RECORDS = {
         F("end", "enum", "normal: both FINs; refused: a reset answered the SYN; timeout: "
           "ETIMEDOUT or FIN_WAIT2 timeout; cancelled: closed while connecting; reset: a "
           "reset sent or received; error: another socket error; aborted: closed before "
-          "both FINs with no reset or error seen; unknown: the proc backend cannot tell",
+          "both FINs with no reset or error seen; unknown: its end was not seen (no "
+          "program ran for its last transitions: reconciliation found the socket gone, or a "
+          "new socket took its memory first, counted as lost stale), or the proc backend "
+          "cannot tell",
           enum=END),
         F("error", "string", "the socket's error at close (ECONNREFUSED, ETIMEDOUT, ...)",
           null=True),
@@ -149,8 +152,9 @@ RECORDS = {
         F("count", "int", "how many"),
         F("what", "enum", "ringbuf_lost, derived_lost, closed_lost: records the ring "
           "buffer had no room for; socks_full, tw_full: sockets the kernel maps had no "
-          "room for; stale: connections whose end no program saw before a new socket "
-          "took their memory (their closed record is lost); missed, timer_missed: "
+          "room for; stale: connections whose last transitions no program saw before a "
+          "new socket took their memory (their closed record says end unknown); missed, "
+          "timer_missed: "
           "tracepoint hits the kernel ran no program for; undecodable: records user space "
           "could not read",
           enum=LOST_WHAT),
