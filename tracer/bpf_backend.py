@@ -523,7 +523,7 @@ class BpfBackend(Backend):
             try:
                 out += [(ns, r) for r in sockdiag.dump(info=True, netns=ns)]
             except sockdiag.SockDiagError as e:
-                if e.errno != errno.ENOENT:      # ENOENT: it went away meanwhile
+                if e.errno not in _NS_GONE:
                     self._cannot_enter(ns, e)
         return out
 
@@ -893,7 +893,7 @@ class BpfBackend(Backend):
         try:
             rows = sockdiag.dump(info=False, netns=ns)
         except sockdiag.SockDiagError as e:
-            if e.errno != errno.ENOENT:  # ENOENT: gone, or held by nothing we can open
+            if e.errno not in _NS_GONE:
                 self._cannot_enter(ns, e)
             return None
         return set(map(where_of, rows)), set(map(cookie_of, rows))
@@ -1103,6 +1103,9 @@ def _prog_misses(fd):
     return _U64.unpack_from(info.raw, _OFF_RECURSION_MISSES)[0]
 
 
+# a namespace no file holds any more, or whose process ended while it was
+# being entered (tracer/netns.py): not a refusal, only "not now"
+_NS_GONE = (errno.ENOENT, errno.ESRCH)
 _NR_SLOTS = 3                          # ST_NR_SLOTS: per-CPU slots, one a program context
 _OWNER_PROC = {v: k for k, v in wire.OWNER_FROM.items()}["proc"]
 _OWNER_UNKNOWN = {v: k for k, v in wire.OWNER_FROM.items()}["unknown"]
