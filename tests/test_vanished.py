@@ -151,13 +151,25 @@ def namespace():
         subprocess.run(["ip", "netns", "del", name])
 
 
-def test_a_vanished_story_of_another_namespace_is_ended(tmp_path, namespace):
-    name, ino = namespace
+def hold_a_connection(name):
+    """A process in namespace *name* holding a listener and one connection
+    to it (HOLDER); returns it, the listener's port and the client's."""
     holder = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", HOLDER],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    trace = None
     try:
         lport, cport = map(int, holder.stdout.readline().split())
+    except ValueError:
+        holder.kill()
+        holder.wait()
+        raise
+    return holder, lport, cport
+
+
+def test_a_vanished_story_of_another_namespace_is_ended(tmp_path, namespace):
+    name, ino = namespace
+    holder, lport, cport = hold_a_connection(name)
+    trace = None
+    try:
         trace = start_socktrace(str(tmp_path / "rec.ndjson"), ["--dump-every", "0.5"],
                                 env={"SOCKTRACE_RECONCILE_S": "0.5"})
         tws = map_of(trace.proc.pid, b"tws")
@@ -210,11 +222,9 @@ def test_older_sockets_of_another_namespace_keep_their_ids(tmp_path, namespace):
     it alone while it lives, and when it closes its records carry the
     kernel's cookie, its owner from /proc, its role and its namespace."""
     name, ino = namespace
-    holder = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", HOLDER],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder, lport, cport = hold_a_connection(name)
     trace = None
     try:
-        lport, cport = map(int, holder.stdout.readline().split())
         cookies = ss_cookies(name)
         client, server = cookies[(cport, lport)], cookies[(lport, cport)]
         trace = start_socktrace(str(tmp_path / "seeds.ndjson"), ["--dump-every", "0.5"],
