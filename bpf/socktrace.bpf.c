@@ -672,6 +672,17 @@ static __always_inline __u32 state_idx(int state)
 	return i & (ST_NR_STATES - 1);
 }
 
+/* A state left, onto the story's path (cut, and said so, when full). */
+static __always_inline void path_push(struct st_story *s, int state)
+{
+	if (s->path_len < ST_PATH_LEN)
+		s->path[s->path_len & (ST_PATH_LEN - 1)] = state;
+	else
+		s->flags |= ST_F_PATH_CUT;
+	if (s->path_len < 255)
+		s->path_len++;
+}
+
 /* The story leaves state `old` at `ts`: time, path, transition count and
  * histogram.  A time that is only a lower bound stays out of the histogram. */
 static __always_inline void leave(struct st_story *s, int old, int new, __u64 ts, int slot)
@@ -688,12 +699,7 @@ static __always_inline void leave(struct st_story *s, int old, int new, __u64 ts
 	 * was in its listener's LISTEN */
 	if (old != TCP_CLOSE && !(old == TCP_LISTEN && new == TCP_SYN_RECV)) {
 		s->spent[state_idx(old)] += in_old;
-		if (s->path_len < ST_PATH_LEN)
-			s->path[s->path_len & (ST_PATH_LEN - 1)] = old;
-		else
-			s->flags |= ST_F_PATH_CUT;
-		if (s->path_len < 255)
-			s->path_len++;
+		path_push(s, old);
 		if (s->cur_lower) {
 			count(ST_CNT_LOWER, slot);
 		} else if (old != TCP_LISTEN) {
@@ -1138,12 +1144,7 @@ static __always_inline void vanished(void *ctx, struct st_story *s, __u64 now, i
 {
 	if (now >= s->ts)
 		s->spent[state_idx(s->state)] += now - s->ts;
-	if (s->path_len < ST_PATH_LEN)
-		s->path[s->path_len & (ST_PATH_LEN - 1)] = s->state;
-	else
-		s->flags |= ST_F_PATH_CUT;
-	if (s->path_len < 255)
-		s->path_len++;
+	path_push(s, s->state);
 	emit_closed(ctx, s, now, 0, ST_REASON_NONE, ST_END_UNKNOWN, slot);
 }
 

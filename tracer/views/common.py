@@ -91,7 +91,7 @@ def enter_netns(inodes):
     if len(set(inodes)) > 1:
         raise Failure("a view looks at one network namespace at a time: give one --netns")
     (ino,) = set(inodes)
-    if os.stat("/proc/self/ns/net").st_ino == ino:
+    if netns.own_inode() == ino:
         return
     path = netns.path_of(ino)
     if path is None:
