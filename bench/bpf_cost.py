@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""What each of socktrace's BPF programs costs, per run and per connection.
+
+    sudo .venv/bin/python bench/bpf_cost.py                         # every record
+    sudo .venv/bin/python bench/bpf_cost.py --records closed,lost,summary
+    sudo .venv/bin/python bench/bpf_cost.py --port 9                # a filter rejecting all
+
+Starts socktrace with the given options (made ready as bench/compare.py
+does), turns on kernel.bpf_stats_enabled, reads every program's run count
+and run time from the kernel (BPF_OBJ_GET_INFO_BY_FD on socktrace's own
+program fds, taken with pidfd_getfd) before and after one storm of --count
+connections, and prints each program's runs, ns a run and us a connection.
+The kernel's time covers the program only, not the tracepoint's call into
+it; bpf_stats itself adds two clock reads a run.  bpf_stats_enabled is put
+back as it was.
+"""
+import argparse
+import ctypes
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import compare  # noqa: E402
+
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD, SYS_BPF = 434, 438, 321    # x86_64
+BPF_OBJ_GET_INFO_BY_FD = 15
+STATS = "/proc/sys/kernel/bpf_stats_enabled"
+# struct bpf_prog_info (uapi/linux/bpf.h): name[16] at 64; run_time_ns and
+# run_cnt after the fields up to prog_tags
+NAME_AT = 64
+RUN_AT = 64 + 16 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 8
+
+
+def prog_info(pidfd, fd):
+    """(name, run_time_ns, run_cnt) of another process's program fd."""
+    mine = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    if mine < 0:
+        raise OSError(ctypes.get_errno(), "pidfd_getfd")
+    try:
+        info = ctypes.create_string_buffer(256)
+        attr = ctypes.create_string_buffer(struct.pack("IIQ", mine, 256, ctypes.addressof(info)), 16)
+        if libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, attr, 16) < 0:
+            raise OSError(ctypes.get_errno(), "BPF_OBJ_GET_INFO_BY_FD")
+    finally:
+        os.close(mine)
+    name = info.raw[NAME_AT:NAME_AT + 16].split(b"\0")[0].decode()
+    return (name,) + struct.unpack_from("QQ", info.raw, RUN_AT)
+
+
+def snapshot(pid):
+    """{program name: (run_time_ns, run_cnt)} of every program pid holds."""
+    pidfd = libc.syscall(SYS_PIDFD_OPEN, pid, 0)
+    if pidfd < 0:
+        raise OSError(ctypes.get_errno(), "pidfd_open")
+    out = {}
+    try:
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) != "anon_inode:bpf-prog":
+                    continue
+            except OSError:
+                continue                    # closed meanwhile
+            name, ns, runs = prog_info(pidfd, int(fd))
+            out[name] = (ns, runs)
+    finally:
+        os.close(pidfd)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=100_000, help="connections (default 100,000)")
+    ap.add_argument("--rounds", type=int, default=1)
+    args, extra = ap.parse_known_args()
+    if os.geteuid() != 0:
+        print("bpf_cost.py: needs root (BPF)", file=sys.stderr)
+        return 1
+    storm_args = argparse.Namespace(count=args.count, close="client", family=4)
+    with open(STATS) as f:
+        was = f.read().strip()
+    work = compare.tempfile.mkdtemp(prefix="socktrace-bpf-cost-")
+    try:
+        with open(STATS, "w") as f:
+            f.write("1")
+        for rnd in range(args.rounds):
+            t = compare.Socktrace(work, extra)
+            t.start()
+            try:
+                before = snapshot(t.proc.pid)
+                st = compare.storm(storm_args)
+                t.settle()
+                after = snapshot(t.proc.pid)
+            finally:
+                t.stop()
+            print("round %d: socktrace %s, %d connections at %.0f conn/s" % (
+                rnd, " ".join(extra) or "(every record)", st["completed"], st["rate"]))
+            total = 0
+            for name, (ns, runs) in sorted(after.items()):
+                ns -= before.get(name, (0, 0))[0]
+                runs -= before.get(name, (0, 0))[1]
+                if runs:
+                    total += ns
+                    print("  %-16s %9d runs %7.1f ns a run %6.2f us a connection" % (
+                        name, runs, ns / runs, ns / st["completed"] / 1000))
+            print("  all programs %.2f us a connection" % (total / st["completed"] / 1000))
+    finally:
+        with open(STATS, "w") as f:
+            f.write(was)
+        compare.shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
