@@ -29,6 +29,9 @@ tests/test_backends.py is the conformance test both pass.
                       {"OLD->NEW": n}, "durations": {STATE: {"count",
                       "p50_ns", "p90_ns", "p99_ns", "max_ns"}}, "current":
                       {STATE: n}, "records": {...}}.
+    quiesce()         stop producing records, keep what report() needs:
+                      read() then returns what is left, then nothing, and
+                      the counters hold still for the summary; idempotent.
     close()           detach / forget; idempotent.
 
     source            "bpf" or "proc", as in every record.
@@ -76,6 +79,9 @@ class Backend:
 
     def report(self):
         raise NotImplementedError
+
+    def quiesce(self):
+        pass
 
     def close(self):
         pass

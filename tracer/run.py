@@ -300,7 +300,11 @@ def _run(args, sink, flags, ports, lports, rports, types):
                     got = job.take()
                     if got and (job is dumper or "closed" in types):
                         write(got)
-            pump()    # what arrived while we were stopping
+            # what arrived while we were stopping, and all of it: no program
+            # runs from here, and one read takes at most a batch
+            backend.quiesce()
+            while pump():
+                pass
             end = time.monotonic_ns()
             final = summary(backend, args, fmt.ts(end), start_ts, (end - start_mono) / 1e9,
                             received[0], lost_total, tally)
