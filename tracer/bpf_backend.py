@@ -961,7 +961,10 @@ class BpfBackend(Backend):
         for tp in list(self._bpf.raw_tracepoint_fds):
             self._bpf.detach_raw_tracepoint(tp)
         for tp in list(self._bpf.tracepoint_fds):
-            self._bpf.detach_tracepoint(tp)
+            try:
+                self._bpf.detach_tracepoint(tp)
+            except Exception:            # bcc's own words; close() tries again
+                pass
         # a run that began before its link went may still be writing: the
         # kernel lets go of a detached program after an RCU grace period,
         # not at once, and a run takes microseconds
