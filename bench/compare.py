@@ -186,38 +186,15 @@ class HooksOnly(Tracer):
                 "reported_lost": 0, "handled": 0}
 
 
-class Tcplife(Tracer):
-    """bcc's tcplife: one line per socket at its close, what a user picks
-    for one record per connection (socktrace --records closed)."""
+class BccTool(Tracer):
+    """One of bcc's tools: a header, then a line per event; its losses as
+    libbcc reports them."""
 
-    name = "tcplife"
-    argv = [TCPLIFE]
-    lines_per_connection = 2
     _lost = re.compile(rb"Possibly lost (\d+) samples")
 
-    def count(self, ports):
-        # PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS
-        c = dict.fromkeys(("storm_events", "probe_events", "other_events"), 0)
-        with open(self.out, "rb") as f:
-            next(f, None)                                  # header
-            for line in f:
-                parts = line.split()
-                if len(parts) < 9 or not parts[-6].isdigit() or not parts[-4].isdigit():
-                    continue
-                self.tally(c, int(parts[-6]), int(parts[-4]), ports)
-        lost = 0
-        for path in (self.out, self.err):
-            with open(path, "rb") as f:
-                lost += sum(int(n) for n in self._lost.findall(f.read()))
-        c.update(reported_lost=lost, handled=sum(c.values()),
-                 storm_lines=c["storm_events"], storm_events=None)
-        return c
-
-
-class Tcpstates(Tracer):
-    name = "tcpstates"
-    argv = [TCPSTATES]
-    _lost = re.compile(rb"Possibly lost (\d+) samples")
+    def ports_of(self, parts):
+        """(local port, remote port) of a line's fields, or None."""
+        raise NotImplementedError
 
     def count(self, ports):
         """Lines on the storm's ports, on probe ports, other lines, lost."""
@@ -225,16 +202,45 @@ class Tcpstates(Tracer):
         with open(self.out, "rb") as f:
             next(f, None)                                  # header
             for line in f:
-                parts = line.split()
-                if len(parts) < 10 or parts[-3] != b"->":
-                    continue
-                self.tally(c, int(parts[-7]), int(parts[-5]), ports)
+                lr = self.ports_of(line.split())
+                if lr:
+                    self.tally(c, lr[0], lr[1], ports)
         lost = 0
         for path in (self.out, self.err):
             with open(path, "rb") as f:
                 lost += sum(int(n) for n in self._lost.findall(f.read()))
         c.update(reported_lost=lost, handled=sum(c.values()))
         return c
+
+
+class Tcplife(BccTool):
+    """bcc's tcplife: one line per socket at its close, what a user picks
+    for one record per connection (socktrace --records closed)."""
+
+    name = "tcplife"
+    argv = [TCPLIFE]
+    lines_per_connection = 2
+
+    def ports_of(self, parts):
+        # PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS
+        if len(parts) >= 9 and parts[-6].isdigit() and parts[-4].isdigit():
+            return int(parts[-6]), int(parts[-4])
+        return None
+
+    def count(self, ports):
+        c = super().count(ports)
+        c.update(storm_lines=c["storm_events"], storm_events=None)
+        return c
+
+
+class Tcpstates(BccTool):
+    name = "tcpstates"
+    argv = [TCPSTATES]
+
+    def ports_of(self, parts):
+        if len(parts) >= 10 and parts[-3] == b"->":
+            return int(parts[-7]), int(parts[-5])
+        return None
 
 
 class Socktrace(Tracer):
