@@ -17,8 +17,10 @@ back as it was.
 import argparse
 import ctypes
 import os
+import shutil
 import struct
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -81,7 +83,7 @@ def main():
     storm_args = argparse.Namespace(count=args.count, close="client", family=4)
     with open(STATS) as f:
         was = f.read().strip()
-    work = compare.tempfile.mkdtemp(prefix="socktrace-bpf-cost-")
+    work = tempfile.mkdtemp(prefix="socktrace-bpf-cost-")
     try:
         with open(STATS, "w") as f:
             f.write("1")
@@ -109,7 +111,7 @@ def main():
     finally:
         with open(STATS, "w") as f:
             f.write(was)
-        compare.shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
