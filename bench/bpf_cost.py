@@ -7,8 +7,8 @@
 
 Starts socktrace with the given options (made ready as bench/compare.py
 does), turns on kernel.bpf_stats_enabled, reads every program's run count
-and run time from the kernel (BPF_OBJ_GET_INFO_BY_FD on socktrace's own
-program fds, taken with pidfd_getfd) before and after one storm of --count
+and run time from the kernel (tracer.bpf_backend.prog_stats on socktrace's
+own program fds, taken with pidfd_getfd) before and after one storm of --count
 connections, and prints each program's runs, ns a run and us a connection.
 The kernel's time covers the program only, not the tracepoint's call into
 it; bpf_stats itself adds two clock reads a run.  bpf_stats_enabled is put
@@ -18,7 +18,6 @@ import argparse
 import ctypes
 import os
 import shutil
-import struct
 import sys
 import tempfile
 
@@ -26,30 +25,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import compare  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(HERE))
+from tracer.bpf_backend import prog_stats  # noqa: E402
+
 libc = ctypes.CDLL(None, use_errno=True)
-SYS_PIDFD_OPEN, SYS_PIDFD_GETFD, SYS_BPF = 434, 438, 321    # x86_64
-BPF_OBJ_GET_INFO_BY_FD = 15
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438              # x86_64
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
-# struct bpf_prog_info (uapi/linux/bpf.h): name[16] at 64; run_time_ns and
-# run_cnt after the fields up to prog_tags
-NAME_AT = 64
-RUN_AT = 64 + 16 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 8
 
 
 def prog_info(pidfd, fd):
-    """(name, run_time_ns, run_cnt) of another process's program fd."""
+    """prog_stats() of another process's program fd."""
     mine = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
     if mine < 0:
         raise OSError(ctypes.get_errno(), "pidfd_getfd")
     try:
-        info = ctypes.create_string_buffer(256)
-        attr = ctypes.create_string_buffer(struct.pack("IIQ", mine, 256, ctypes.addressof(info)), 16)
-        if libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, attr, 16) < 0:
-            raise OSError(ctypes.get_errno(), "BPF_OBJ_GET_INFO_BY_FD")
+        st = prog_stats(mine)
     finally:
         os.close(mine)
-    name = info.raw[NAME_AT:NAME_AT + 16].split(b"\0")[0].decode()
-    return (name,) + struct.unpack_from("QQ", info.raw, RUN_AT)
+    if st is None or st["run_cnt"] is None:
+        raise OSError(0, "no run statistics for program fd %d" % fd)
+    return st
 
 
 def snapshot(pid):
@@ -65,8 +60,8 @@ def snapshot(pid):
                     continue
             except OSError:
                 continue                    # closed meanwhile
-            name, ns, runs = prog_info(pidfd, int(fd))
-            out[name] = (ns, runs)
+            st = prog_info(pidfd, int(fd))
+            out[st["name"]] = (st["run_time_ns"], st["run_cnt"])
     finally:
         os.close(pidfd)
     return out

@@ -1106,7 +1106,9 @@ _CGROUP_FILTERS = 8                   # ST_CGROUP_FILTERS in the program
 _BACKUP = b"set_state_backup"          # the second inet_sock_set_state program
 
 _PROG_INFO_SIZE = 232                 # struct bpf_prog_info up to verified_insns (5.16)
-_OFF_RECURSION_MISSES = 208
+_OFF_NAME = 64                        # char name[16]
+_OFF_RUN_TIME_NS = 192                # then run_cnt (both 5.1)
+_OFF_RECURSION_MISSES = 208           # 5.12
 
 
 def _record_ts(rec, _at=_HDR.size + 8):
@@ -1115,17 +1117,30 @@ def _record_ts(rec, _at=_HDR.size + 8):
     return _U64.unpack_from(rec, _at)[0]
 
 
-def _prog_misses(fd):
-    """recursion_misses of one loaded program (BPF_OBJ_GET_INFO_BY_FD)."""
+def prog_stats(fd):
+    """A loaded program's name, run_time_ns and run_cnt (counted while
+    kernel.bpf_stats_enabled is 1) and recursion_misses, from
+    BPF_OBJ_GET_INFO_BY_FD; None for what the kernel is too old to fill,
+    and None for all of it when it does not answer."""
     from bcc.libbcc import lib
 
     info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
     size = ctypes.c_uint32(_PROG_INFO_SIZE)
     if lib.bpf_obj_get_info(fd, info, ctypes.byref(size)) != 0:
-        return 0
-    if size.value < _OFF_RECURSION_MISSES + 8:
-        return 0                       # kernel older than 5.12: not counted
-    return _U64.unpack_from(info.raw, _OFF_RECURSION_MISSES)[0]
+        return None
+    raw, n = info.raw, size.value
+
+    def u64(off):
+        return _U64.unpack_from(raw, off)[0] if n >= off + 8 else None
+    return {"name": raw[_OFF_NAME:_OFF_NAME + 16].split(b"\0")[0].decode(errors="replace"),
+            "run_time_ns": u64(_OFF_RUN_TIME_NS), "run_cnt": u64(_OFF_RUN_TIME_NS + 8),
+            "recursion_misses": u64(_OFF_RECURSION_MISSES)}
+
+
+def _prog_misses(fd):
+    """recursion_misses of one loaded program; 0 before 5.12 (not counted)."""
+    st = prog_stats(fd)
+    return (st and st["recursion_misses"]) or 0
 
 
 # a namespace no file holds any more, or whose process ended while it was
